@@ -1,0 +1,37 @@
+# nerflow: `make demo` runs the whole flow offline; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel this project is developed with; a GPU machine may set TORCH_SPEC to its CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: demo test install clean
+
+demo: $(VENV)/.installed-demo
+	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
+
+test: $(VENV)/.installed-test
+	$(OFFLINE) $(BIN)/python -m pytest
+
+install: $(VENV)/.installed-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch first, pinned, so the project's torch range is already satisfied and pip downloads no other build.
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[demo]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[demo,test]"
+	touch $@ $(VENV)/.installed-demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""nerflow's Prefect flows, run settings and command line."""

@@ -1,0 +1,101 @@
+"""The `finetune_ner` flow: ingest -> tokenize -> train -> evaluate -> model card.
+
+Tasks hand each other small references (paths and fingerprints); the data and the weights stay on disk.
+Every run writes into its own folder, OUTPUT_DIR/RUN_NAME: `model/` (weights, config with the labels,
+tokenizer, README.md card), `checkpoints/`, `metrics.json`, `train_log.json` and `settings.json`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from flows.settings import RunSettings
+from tasks.card import model_card_task
+from tasks.evaluate import evaluate_task
+from tasks.ingest import ingest_task
+from tasks.storage import atomic_write_json
+from tasks.tokenize import tokenize_or_rebuild
+from tasks.train import train_task
+
+
+class RunResult(BaseModel):
+    run_name: str
+    run_dir: str
+    model_dir: str
+    card_path: str
+    metrics_path: str
+    settings_path: str
+    test_f1: float
+    test_precision: float
+    test_recall: float
+    validation_f1: float
+    dataset_fingerprint: str
+    resumed_from: str | None
+
+
+def resolve_run_name(settings: RunSettings) -> str:
+    if settings.run_name:
+        return settings.run_name
+    from prefect.runtime import flow_run
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{flow_run.name or 'local'}"
+
+
+def prepare_run_dir(settings: RunSettings, run_name: str) -> Path:
+    """Create the run folder and record the resolved settings (they hold no secrets, only block names)."""
+    run_dir = Path(settings.output_dir) / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = settings.model_copy(update={"run_name": run_name})
+    atomic_write_json(run_dir / "settings.json", resolved.model_dump(mode="json"))
+    return run_dir
+
+
+def summary_markdown(result: RunResult) -> str:
+    return "\n".join(
+        [
+            f"# nerflow run `{result.run_name}`",
+            "",
+            f"- Model: `{result.model_dir}` (card: `{result.card_path}`)",
+            f"- Metrics: `{result.metrics_path}`",
+            f"- Test F1 (word level): **{result.test_f1:.4f}** (precision {result.test_precision:.4f}, "
+            f"recall {result.test_recall:.4f}); validation F1 {result.validation_f1:.4f}",
+            f"- Dataset fingerprint: `{result.dataset_fingerprint[:16]}`",
+        ]
+        + ([f"- Training resumed from `{result.resumed_from}`"] if result.resumed_from else [])
+    )
+
+
+@flow(name="finetune_ner", description="Fine-tune a BERT-family model for NER: ingest, tokenize, train, evaluate, card.")
+def finetune_ner(settings: RunSettings = RunSettings()) -> RunResult:  # noqa: B008 - pydantic default for the UI form
+    run_name = resolve_run_name(settings)
+    run_dir = prepare_run_dir(settings, run_name)
+    cache_dir = str(settings.resolved_cache_dir())
+
+    dataset = ingest_task(settings.dataset, cache_dir)
+    tokenized = tokenize_or_rebuild(dataset, settings.model, settings.tokenize, cache_dir)
+    model = train_task(tokenized, settings.model, settings.train, settings.tracking, str(run_dir), run_name)
+    evaluation = evaluate_task(model, tokenized, str(run_dir), settings.train.eval_batch_size)
+    card = model_card_task(model, evaluation, dataset, tokenized, settings, run_name)
+
+    result = RunResult(
+        run_name=run_name,
+        run_dir=str(run_dir),
+        model_dir=model.path,
+        card_path=card.path,
+        metrics_path=evaluation.path,
+        settings_path=str(run_dir / "settings.json"),
+        test_f1=evaluation.test["f1"],
+        test_precision=evaluation.test["precision"],
+        test_recall=evaluation.test["recall"],
+        validation_f1=evaluation.word_level["validation"]["f1"],
+        dataset_fingerprint=dataset.fingerprint,
+        resumed_from=model.resumed_from,
+    )
+    create_markdown_artifact(key="run-summary", markdown=summary_markdown(result), description="Where the model is")
+    return result

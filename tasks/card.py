@@ -1,0 +1,293 @@
+"""Step 5, model card: the Hugging Face `README.md` inside the model folder.
+
+Built with huggingface_hub's ModelCard/ModelCardData so the metadata (language, license, base model,
+datasets, widget, model-index with the word-level test scores) is what the Hub expects; `check_card`
+loads it back and checks it without a network.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from pydantic import BaseModel
+
+from flows.settings import RunSettings
+from tasks.evaluate import SUBWORD_NOTE, WORD_LEVEL_NOTE, EvaluationRef, per_entity_table
+from tasks.ingest import DatasetRef, load_dataset_dict
+from tasks.storage import atomic_write_text
+from tasks.tokenize import TokenizedRef
+from tasks.train import ModelRef
+
+# The five widget examples of the tutorial's Bengali model card.
+WIDGET_EXAMPLES: dict[str, list[str]] = {
+    "bn": [
+        "মারভিন দি মারসিয়ান",
+        "লিওনার্দো দা ভিঞ্চি",
+        "বসনিয়া ও হার্জেগোভিনা",
+        "সাউথ ইস্ট ইউনিভার্সিটি",
+        "মানিক বন্দ্যোপাধ্যায় লেখক",
+    ],
+    "en": [
+        "Ada Lovelace worked with Charles Babbage in London .",
+        "The University of Oxford is in England .",
+        "Angela Merkel visited the United Nations in New York .",
+        "Lake Victoria borders Uganda , Kenya and Tanzania .",
+        "Toyota opened a factory in Kentucky .",
+    ],
+}
+N_FALLBACK_EXAMPLES = 5
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+A token-classification (named-entity recognition) model fine-tuned from
+{{ base_model_link }} on {{ dataset_link }}, trained and evaluated by
+[nerflow](https://github.com/nerflow/nerflow).
+
+Test scores (word level, seqeval): **F1 {{ "%.4f"|format(test.f1) }}**, precision {{ "%.4f"|format(test.precision) }},
+recall {{ "%.4f"|format(test.recall) }}, accuracy {{ "%.4f"|format(test.accuracy) }} on {{ test.sentences }} sentences.
+
+## Labels
+
+IOB2 scheme, {{ label_names|length }} tags: {% for name in label_names %}`{{ name }}`{% if not loop.last %}, {% endif %}{% endfor %}.
+Entity types: {{ entity_types|join(", ") }}.
+
+## Results
+
+Scoring: {{ word_level_note }}.
+
+| split | precision | recall | F1 | accuracy | entities |
+|---|---|---|---|---|---|
+{% for split, s in word_level.items() -%}
+| {{ split }} | {{ "%.4f"|format(s.precision) }} | {{ "%.4f"|format(s.recall) }} | {{ "%.4f"|format(s.f1) }} | {{ "%.4f"|format(s.accuracy) }} | {{ s.support }} |
+{% endfor %}
+Per entity type (test):
+
+| entity | precision | recall | F1 | support |
+|---|---|---|---|---|
+{% for row in per_entity -%}
+| {{ row.entity }} | {{ "%.4f"|format(row.precision) }} | {{ "%.4f"|format(row.recall) }} | {{ "%.4f"|format(row.f1) }} | {{ row.support }} |
+{% endfor %}
+Subword-level F1 as the tutorial computes it (test: {{ "%.4f"|format(subword_f1.test) }}): {{ subword_note }}.
+
+## Training data
+
+- Source: `{{ dataset.source }}`{% if dataset.config %}, config `{{ dataset.config }}`{% endif %}
+- Revision: `{{ dataset.revision }}`; content fingerprint `{{ dataset.fingerprint[:16] }}`
+- Sentences: {% for split, n in dataset.num_rows.items() %}{{ split }} {{ n }}{% if not loop.last %}, {% endif %}{% endfor %}
+
+## Training procedure
+
+- Label alignment: `{{ alignment }}` ({{ alignment_text }}); max length {{ max_length }} subwords
+- Learning rate {{ train.learning_rate }}, batch size {{ train.batch_size }}, epochs {{ train.epochs }},
+  weight decay {{ train.weight_decay }}, warm-up steps {{ train.warmup_steps }}, seed {{ train.seed }}
+- Best epoch chosen by word-level validation F1{% if model.best_checkpoint %} ({{ model.best_checkpoint }}){% endif %}
+- Hardware: {{ model.device }} ({{ model.precision }}), {{ "%.0f"|format(model.train_runtime_s) }} s of training
+
+{% if epochs -%}
+| epoch | training loss | validation loss | validation F1 |
+|---|---|---|---|
+{% for e in epochs -%}
+| {{ e.epoch }} | {{ e.train_loss if e.train_loss is not none else "n/a" }} | {{ "%.4f"|format(e.eval_loss) if e.eval_loss is not none else "n/a" }} | {{ "%.4f"|format(e.val_f1) }} |
+{% endfor %}
+{%- endif %}
+{% if warnings -%}
+Tokenization warnings:
+{% for w in warnings %}
+- {{ w }}
+{%- endfor %}
+{%- endif %}
+
+## How to use
+
+```python
+from transformers import pipeline
+
+ner = pipeline("token-classification", model="{{ usage_id }}", aggregation_strategy="first")
+print(ner("{{ widget[0] }}"))
+```
+
+## Intended use and limitations
+
+Intended for tagging {{ entity_types|join(", ") }} entities in {{ language_name }} text similar to the
+training data ({{ dataset.source }}). WikiANN-style labels are derived automatically from Wikipedia
+links, so they are noisy and skewed towards short, title-like spans; expect lower scores on running
+text from other domains. Scores above are for the test split of the same distribution.
+Do not use the model for decisions about people without human review.
+
+## Framework versions
+
+{% for name, version in versions.items() %}- {{ name }} {{ version }}
+{% endfor %}
+"""
+
+ALIGNMENT_TEXT = {
+    "first": "the first subword of each word carries its label; the others are ignored by the loss",
+    "all": "every subword is labelled; continuation pieces of a B- word get I-",
+    "tutorial": "every subword gets its word's tag with B- copied, the tutorial's behaviour",
+}
+
+
+class CardRef(BaseModel):
+    path: str
+    widget_examples: list[str]
+
+
+def widget_examples(settings: RunSettings, dataset: DatasetRef) -> list[str]:
+    if settings.card.widget_examples:
+        return list(settings.card.widget_examples)
+    if dataset.language in WIDGET_EXAMPLES:
+        return WIDGET_EXAMPLES[dataset.language]
+    test = load_dataset_dict(dataset)["test"]
+    return [" ".join(tokens) for tokens in test.select(range(min(N_FALLBACK_EXAMPLES, len(test))))["tokens"]]
+
+
+def _hub_id(name: str) -> str | None:
+    """A Hub id looks like 'name' or 'owner/name' and is not a local or remote path."""
+    if name.startswith(("package:", "s3://", "/", ".", "~")) or Path(name).exists() or name.count("/") > 1:
+        return None
+    return name
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("transformers", "torch", "datasets", "tokenizers", "seqeval", "prefect"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_card(
+    model: ModelRef,
+    evaluation: EvaluationRef,
+    dataset: DatasetRef,
+    tokenized: TokenizedRef,
+    settings: RunSettings,
+    run_name: str,
+):
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    base_model = settings.model.base_model_id or _hub_id(settings.model.checkpoint)
+    dataset_id = _hub_id(dataset.source)
+    language = dataset.language
+    examples = widget_examples(settings, dataset)
+    test = evaluation.test
+    dataset_name = f"{dataset.source} ({dataset.config})" if dataset.config else dataset.source
+    eval_results = [
+        EvalResult(
+            task_type="token-classification",
+            task_name="Named Entity Recognition",
+            dataset_type=dataset_id or "local",
+            dataset_name=dataset_name,
+            dataset_config=dataset.config,
+            dataset_split=dataset.split_names["test"],
+            dataset_revision=dataset.revision,
+            metric_type=metric,
+            metric_name=f"{metric.capitalize()} (word level, seqeval)",
+            metric_value=round(float(test[metric]), 4),
+        )
+        for metric in ("f1", "precision", "recall", "accuracy")
+    ]
+    model_name = settings.card.model_name or f"{(base_model or 'bert').split('/')[-1]}-ner-{language or 'custom'}-{run_name}"
+    card_data = ModelCardData(
+        model_name=model_name,
+        language=[language] if language else None,
+        license=settings.card.license,
+        library_name="transformers",
+        pipeline_tag="token-classification",
+        tags=["token-classification", "ner", "nerflow"] + (["wikiann"] if "wikiann" in dataset.source else []),
+        datasets=[dataset_id] if dataset_id else None,
+        base_model=base_model,
+        metrics=["precision", "recall", "f1", "accuracy"],
+        eval_results=eval_results,
+        widget=[{"text": text, "example_title": f"Sentence_{i}"} for i, text in enumerate(examples, start=1)],
+    )
+    entity_types = sorted({n[2:] for n in dataset.label_names if n != "O"})
+    return ModelCard.from_template(
+        card_data,
+        template_str=CARD_TEMPLATE,
+        model_name=model_name,
+        base_model_link=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{settings.model.checkpoint}`",
+        dataset_link=f"[{dataset_name}](https://huggingface.co/datasets/{dataset_id})" if dataset_id else f"`{dataset.source}`",
+        test=test,
+        word_level=evaluation.word_level,
+        per_entity=per_entity_table(evaluation),
+        subword_f1=evaluation.subword_level_tutorial_f1,
+        word_level_note=WORD_LEVEL_NOTE,
+        subword_note=SUBWORD_NOTE,
+        label_names=dataset.label_names,
+        entity_types=entity_types,
+        dataset=dataset,
+        alignment=tokenized.alignment,
+        alignment_text=ALIGNMENT_TEXT[tokenized.alignment],
+        max_length=tokenized.max_length,
+        warnings=tokenized.warnings,
+        train=settings.train,
+        model=model,
+        epochs=model.epochs,
+        widget=examples,
+        usage_id=settings.card.model_name or "path/to/model",
+        language_name=language or "the training data's language",
+        versions=_versions(),
+    )
+
+
+def check_card(path: Path) -> list[str]:
+    """Load the card back and check the metadata the Hub needs; returns the problems found."""
+    from huggingface_hub import ModelCard
+
+    problems = []
+    card = ModelCard.load(path)
+    data = card.data
+    if not data.eval_results:
+        problems.append("model-index: no evaluation results")
+    elif not any(r.metric_type == "f1" and r.task_type == "token-classification" for r in data.eval_results):
+        problems.append("model-index: no token-classification f1 result")
+    for field in ("license", "pipeline_tag", "model_name"):
+        if not getattr(data, field, None):
+            problems.append(f"{field}: missing")
+    widget = data.to_dict().get("widget") or []
+    if not widget or not all(isinstance(w, dict) and w.get("text") for w in widget):
+        problems.append("widget: no examples with text")
+    return problems
+
+
+def render_model_card(
+    model: ModelRef,
+    evaluation: EvaluationRef,
+    dataset: DatasetRef,
+    tokenized: TokenizedRef,
+    settings: RunSettings,
+    run_name: str,
+) -> CardRef:
+    card = build_card(model, evaluation, dataset, tokenized, settings, run_name)
+    path = atomic_write_text(Path(model.path) / "README.md", str(card))
+    problems = check_card(path)
+    if problems:
+        raise ValueError(f"model card {path} is invalid: " + "; ".join(problems))
+    widget = [w["text"] for w in card.data.to_dict()["widget"]]
+    return CardRef(path=str(path), widget_examples=widget)
+
+
+@task(name="model-card", cache_policy=NO_CACHE)
+def model_card_task(
+    model: ModelRef,
+    evaluation: EvaluationRef,
+    dataset: DatasetRef,
+    tokenized: TokenizedRef,
+    settings: RunSettings,
+    run_name: str,
+) -> CardRef:
+    ref = render_model_card(model, evaluation, dataset, tokenized, settings, run_name)
+    get_run_logger().info("model card written to %s", ref.path)
+    return ref
+

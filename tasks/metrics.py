@@ -1,0 +1,80 @@
+"""Word-level NER scores with seqeval, shared by training (model selection) and evaluation.
+
+A word's prediction is the prediction at its first subword. Words the model never saw (cut by
+truncation, or yielding no subword) are predicted `O`, so they count against recall instead of
+vanishing from the score. The tutorial's subword-level score is kept only for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from seqeval.metrics import accuracy_score, classification_report
+
+from tasks.tokenize import IGNORE_INDEX, align_labels
+
+
+def word_predictions(pred_ids: Sequence[int], word_ids: Sequence[int], n_words: int) -> list[int | None]:
+    """Predicted label id per word (None where the word has no subword in the input)."""
+    out: list[int | None] = [None] * n_words
+    for pos, wid in enumerate(word_ids):
+        if wid >= 0 and out[wid] is None:
+            out[wid] = int(pred_ids[pos])
+    return out
+
+
+def word_level_sequences(
+    predictions: np.ndarray | Sequence[Sequence[int]],
+    word_ids: Sequence[Sequence[int]],
+    word_labels: Sequence[Sequence[int]],
+    label_names: Sequence[str],
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Gold and predicted tag sequences, one tag per word of every sentence."""
+    y_true, y_pred = [], []
+    for preds, wids, gold in zip(predictions, word_ids, word_labels):
+        per_word = word_predictions(preds, wids, len(gold))
+        y_true.append([label_names[g] for g in gold])
+        y_pred.append(["O" if p is None or p < 0 else label_names[p] for p in per_word])
+    return y_true, y_pred
+
+
+def subword_level_sequences(
+    predictions: np.ndarray | Sequence[Sequence[int]],
+    word_ids: Sequence[Sequence[int]],
+    word_labels: Sequence[Sequence[int]],
+    label_names: Sequence[str],
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The tutorial's scoring: every subword is a 'word' and carries its word's tag (B- copied)."""
+    y_true, y_pred = [], []
+    for preds, wids, gold in zip(predictions, word_ids, word_labels):
+        labels = align_labels([w if w >= 0 else None for w in wids], gold, "tutorial", {})
+        keep = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+        y_true.append([label_names[labels[i]] for i in keep])
+        y_pred.append([label_names[int(preds[i])] if preds[i] >= 0 else "O" for i in keep])
+    return y_true, y_pred
+
+
+def seqeval_scores(y_true: list[list[str]], y_pred: list[list[str]]) -> dict[str, Any]:
+    """Overall (micro) precision/recall/F1, tag accuracy, and per-entity precision/recall/F1/support."""
+    report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
+    overall = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+    per_entity = {
+        name: {
+            "precision": float(r["precision"]),
+            "recall": float(r["recall"]),
+            "f1": float(r["f1-score"]),
+            "support": int(r["support"]),
+        }
+        for name, r in report.items()
+        if not name.endswith(" avg")
+    }
+    return {
+        "precision": float(overall["precision"]),
+        "recall": float(overall["recall"]),
+        "f1": float(overall["f1-score"]),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "support": int(overall["support"]),
+        "per_entity": per_entity,
+    }

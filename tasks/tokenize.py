@@ -1,0 +1,317 @@
+"""Step 2, tokenize: words to subwords, with word labels aligned through `word_ids()`.
+
+Alignment is by word index, never by a running counter, so a word that yields no subword (a zero-width
+joiner, a control character) simply has no position and cannot shift the labels of the words after it.
+
+The tokenized dataset is cached on disk under a key made of the dataset fingerprint, the tokenizer's
+content hash, the alignment strategy and the max length; training hyperparameters are not part of it,
+so changing them never re-tokenizes. The Prefect task uses the same key as its cache key, so an
+unchanged re-run shows the task as `Cached`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+from pydantic import BaseModel
+
+from flows.settings import AlignmentStrategy, ModelSettings, TokenizeSettings
+from tasks.ingest import SPLIT_ROLES, DatasetRef, load_dataset_dict
+from tasks.retry import network_retry_condition
+from tasks.storage import atomic_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # positions the loss (and the word-level metric) skip
+NO_WORD = -1  # stored word id of special tokens ([CLS], [SEP], padding)
+_CACHE_VERSION = "nerflow-tokenized-v1"
+# Above these shares of distinct words, the tokenizer is losing information the tags depend on.
+NORMALIZER_WARN_SHARE = 0.01
+UNK_WARN_SHARE = 0.005
+
+
+class TokenizedRef(BaseModel):
+    path: str
+    cache_key: str
+    dataset_fingerprint: str
+    checkpoint: str
+    tokenizer_fingerprint: str
+    alignment: AlignmentStrategy
+    max_length: int
+    label_names: list[str]
+    stats: dict[str, dict[str, int]]
+    roundtrip: dict[str, Any]
+    warnings: list[str]
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+
+def resolve_checkpoint(checkpoint: str) -> str:
+    """'package:MODULE' names a model folder shipped inside a Python package (MODULE.get_model_path())."""
+    if checkpoint.startswith("package:"):
+        module = importlib.import_module(checkpoint.removeprefix("package:"))
+        return str(module.get_model_path())
+    return checkpoint
+
+
+def load_tokenizer(model: ModelSettings):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(model.checkpoint), revision=model.revision)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"model.checkpoint {model.checkpoint!r}: a fast tokenizer is required (word_ids() for label alignment)"
+        )
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Content hash of the tokenizer: vocabulary, normalizer and pre-tokenizer, special tokens."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(json.dumps(sorted(map(str, tokenizer.all_special_tokens))).encode())
+    return h.hexdigest()
+
+
+def tokenization_key(dataset_fingerprint: str, tok_fingerprint: str, settings: TokenizeSettings) -> str:
+    parts = [_CACHE_VERSION, dataset_fingerprint, tok_fingerprint, settings.alignment, str(settings.max_length)]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
+
+
+# ------------------------------------------------------------------------------------------ alignment
+
+
+def b_to_i_map(label_names: Sequence[str]) -> dict[int, int]:
+    """Label id of B-X -> label id of I-X, for the types that have both."""
+    index = {n: i for i, n in enumerate(label_names)}
+    return {i: index[f"I-{n[2:]}"] for i, n in enumerate(label_names) if n.startswith("B-") and f"I-{n[2:]}" in index}
+
+
+def align_labels(
+    word_ids: Sequence[int | None],
+    word_labels: Sequence[int],
+    strategy: AlignmentStrategy,
+    b_to_i: Mapping[int, int],
+) -> list[int]:
+    """One label per subword position, looked up by the position's word index.
+
+    first:    the first subword of a word gets its label; continuation subwords get -100.
+    all:      every subword is labelled; continuation subwords of a B-X word get I-X.
+    tutorial: every subword gets the word's label verbatim (B-X repeated), the tutorial's behaviour.
+    """
+    labels: list[int] = []
+    previous: int | None = None
+    for wid in word_ids:
+        if wid is None:
+            labels.append(IGNORE_INDEX)
+        elif wid != previous:
+            labels.append(word_labels[wid])
+        elif strategy == "first":
+            labels.append(IGNORE_INDEX)
+        elif strategy == "all":
+            labels.append(b_to_i.get(word_labels[wid], word_labels[wid]))
+        else:
+            labels.append(word_labels[wid])
+        previous = wid
+    return labels
+
+
+def encode_batch(
+    tokenizer,
+    tokens: list[list[str]],
+    tags: list[list[int]],
+    strategy: AlignmentStrategy,
+    b_to_i: Mapping[int, int],
+    max_length: int,
+) -> dict[str, list]:
+    """Tokenize pre-split sentences and align labels; also count what tokenization loses."""
+    enc = tokenizer(tokens, is_split_into_words=True, truncation=True, max_length=max_length)
+    unk = tokenizer.unk_token_id
+    out: dict[str, list] = {k: list(v) for k, v in enc.items()}
+    out.update(labels=[], word_ids=[], word_labels=[], truncated=[], no_subword=[], unk_words=[])
+    for i, word_tags in enumerate(tags):
+        wids = enc.word_ids(i)
+        present = {w for w in wids if w is not None}
+        last = max(present, default=-1)
+        unk_words = {w for w, t in zip(wids, out["input_ids"][i]) if w is not None and t == unk}
+        out["labels"].append(align_labels(wids, word_tags, strategy, b_to_i))
+        out["word_ids"].append([NO_WORD if w is None else w for w in wids])
+        out["word_labels"].append(list(word_tags))
+        # A full-length encoding that stops before the last word was cut by max_length; any other
+        # missing word had no subword at all.
+        truncated = last < len(word_tags) - 1 and len(wids) >= max_length
+        out["truncated"].append(truncated)
+        out["no_subword"].append(sum(1 for w in range(last + 1 if truncated else len(word_tags)) if w not in present))
+        out["unk_words"].append(len(unk_words))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- round-trip
+
+
+def roundtrip_report(tokenizer, words: set[str]) -> dict[str, Any]:
+    """How many distinct words the tokenizer's normalizer changes (lower-casing, accent stripping)."""
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    changed = []
+    if normalizer is not None:
+        for w in sorted(words):
+            # Ignore added spaces (CJK characters are split off): only changed characters count.
+            if normalizer.normalize_str(w).replace(" ", "") != w:
+                changed.append(w)
+    examples = [f"{w!r} -> {normalizer.normalize_str(w)!r}" for w in changed[:5]]
+    return {"distinct_words": len(words), "changed_by_normalizer": len(changed), "examples": examples}
+
+
+def tokenization_warnings(stats: dict[str, dict[str, int]], roundtrip: dict[str, Any], checkpoint: str) -> list[str]:
+    warnings = []
+    for role, s in stats.items():
+        if s["truncated"]:
+            warnings.append(
+                f"{role}: {s['truncated']} of {s['sentences']} sentences lost words to max_length truncation "
+                "(those words are scored as predicted O)"
+            )
+        if s["words_without_subword"]:
+            warnings.append(
+                f"{role}: {s['words_without_subword']} word(s) yield no subword at all (e.g. zero-width "
+                "characters); they are skipped without shifting other labels and scored as predicted O"
+            )
+    words = roundtrip["distinct_words"] or 1
+    if roundtrip["changed_by_normalizer"] / words > NORMALIZER_WARN_SHARE:
+        warnings.append(
+            f"tokenizer of {checkpoint} cannot round-trip the dataset's words: its normalizer changes "
+            f"{roundtrip['changed_by_normalizer']} of {roundtrip['distinct_words']} distinct words "
+            f"({', '.join(roundtrip['examples'][:3])}); an uncased or accent-stripping tokenizer discards "
+            "characters (for Bengali: vowel signs) the model needs - prefer a cased checkpoint"
+        )
+    unk_total = sum(s["unk_words"] for s in stats.values())
+    word_total = sum(s["words"] for s in stats.values()) or 1
+    if unk_total / word_total > UNK_WARN_SHARE:
+        warnings.append(f"{unk_total} of {word_total} words contain an unknown ([UNK]) subword")
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------- the step
+
+
+def tokenize_dataset(
+    dataset: DatasetRef, model: ModelSettings, settings: TokenizeSettings, cache_dir: Path
+) -> TokenizedRef:
+    """Tokenize and align every split, or reuse the cached result for the same key."""
+    tokenizer = load_tokenizer(model)
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    key = tokenization_key(dataset.fingerprint, tok_fp, settings)
+    path = Path(cache_dir) / "tokenized" / key
+    if not (path / "ref.json").is_file():
+        _build(dataset, model, settings, tokenizer, tok_fp, key, path)
+    else:
+        log.info("tokenized dataset %s already on disk, reusing it", key)
+    return TokenizedRef.model_validate_json((path / "ref.json").read_text(encoding="utf-8"))
+
+
+def _build(dataset, model, settings, tokenizer, tok_fp, key, path: Path) -> None:
+    dd = load_dataset_dict(dataset)
+    b_to_i = b_to_i_map(dataset.label_names)
+    stats_columns = ["truncated", "no_subword", "unk_words"]
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        return encode_batch(
+            tokenizer, list(batch["tokens"]), list(batch["ner_tags"]), settings.alignment, b_to_i, settings.max_length
+        )
+
+    stats: dict[str, dict[str, int]] = {}
+    words: set[str] = set()
+    encoded = {}
+    for role in SPLIT_ROLES:
+        split = dd[role]
+        words.update(w for sentence in split["tokens"] for w in sentence)
+        out = split.map(encode, batched=True, batch_size=1000, remove_columns=split.column_names, keep_in_memory=True)
+        stats[role] = {
+            "sentences": len(out),
+            "words": int(sum(len(t) for t in out["word_labels"])),
+            "subwords": int(sum(len(ids) for ids in out["input_ids"])),
+            "truncated": int(sum(out["truncated"])),
+            "words_without_subword": int(sum(out["no_subword"])),
+            "unk_words": int(sum(out["unk_words"])),
+        }
+        encoded[role] = out.remove_columns(stats_columns)
+    roundtrip = roundtrip_report(tokenizer, words)
+    ref = TokenizedRef(
+        path=str(path),
+        cache_key=key,
+        dataset_fingerprint=dataset.fingerprint,
+        checkpoint=model.checkpoint,
+        tokenizer_fingerprint=tok_fp,
+        alignment=settings.alignment,
+        max_length=settings.max_length,
+        label_names=dataset.label_names,
+        stats=stats,
+        roundtrip=roundtrip,
+        warnings=tokenization_warnings(stats, roundtrip, model.checkpoint),
+    )
+    import datasets
+
+    with atomic_dir(path) as tmp:
+        datasets.DatasetDict(encoded).save_to_disk(str(tmp / "data"))
+        atomic_write_json(tmp / "ref.json", ref.model_dump(mode="json"))
+
+
+def load_tokenized(ref: TokenizedRef):
+    import datasets
+
+    return datasets.load_from_disk(str(Path(ref.path) / "data"))
+
+
+def tokenized_exists(ref: TokenizedRef) -> bool:
+    return (Path(ref.path) / "ref.json").is_file()
+
+
+def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
+    # The same key the plain function uses, plus the cache folder: another output root is another cache.
+    dataset: DatasetRef = inputs["dataset"]
+    tokenizer = load_tokenizer(inputs["model"])
+    key = tokenization_key(dataset.fingerprint, tokenizer_fingerprint(tokenizer), inputs["settings"])
+    return f"tokenize-{key}-{hashlib.sha256(str(Path(inputs['cache_dir']).resolve()).encode()).hexdigest()[:8]}"
+
+
+@task(
+    name="tokenize",
+    cache_policy=CacheKeyFnPolicy(cache_key_fn=_cache_key),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=network_retry_condition,  # the tokenizer may come from the Hub
+)
+def tokenize_task(dataset: DatasetRef, model: ModelSettings, settings: TokenizeSettings, cache_dir: str) -> TokenizedRef:
+    ref = tokenize_dataset(dataset, model, settings, Path(cache_dir))
+    logger = get_run_logger()
+    logger.info(
+        "tokenized with %s (alignment=%s, max_length=%d): %s",
+        ref.checkpoint,
+        ref.alignment,
+        ref.max_length,
+        {role: s["subwords"] for role, s in ref.stats.items()},
+    )
+    for warning in ref.warnings:
+        logger.warning(warning)
+    return ref
+
+
+def tokenize_or_rebuild(dataset: DatasetRef, model: ModelSettings, settings: TokenizeSettings, cache_dir: str) -> TokenizedRef:
+    """Run the cached task; if its cached reference points to a folder that was deleted, rebuild it."""
+    ref = tokenize_task(dataset, model, settings, cache_dir)
+    if not tokenized_exists(ref):
+        get_run_logger().warning("cached tokenized dataset %s is gone from disk; rebuilding", ref.path)
+        ref = tokenize_task.with_options(refresh_cache=True)(dataset, model, settings, cache_dir)
+    return ref

@@ -1,0 +1,104 @@
+"""Test environment: offline Hugging Face, a fresh Prefect home, W&B offline; a tiny random BERT."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before Prefect, transformers or datasets are imported anywhere: these are read at import time.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="nerflow-prefect-home-")
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PREFECT_HOME": _PREFECT_HOME,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DO_NOT_TRACK": "1",
+    }
+)
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("PREFECT_API_URL", None)  # tests use their own temporary server
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO / "data" / "wikiann_en_sample"
+
+
+def sample_sentences(n: int | None = None) -> list[list[str]]:
+    lines = (SAMPLE_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["tokens"] for line in lines[:n]]
+
+
+def build_tiny_bert(folder: Path, vocab_size: int = 600) -> Path:
+    """A cased WordPiece tokenizer trained on the sample and a randomly initialised 2-layer BERT."""
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    wordpiece = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
+    wordpiece.train_from_iterator(
+        [" ".join(s) for s in sample_sentences()], vocab_size=vocab_size, min_frequency=2, show_progress=False
+    )
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer,
+        do_lower_case=False,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE_DIR
+
+
+@pytest.fixture
+def tiny_settings(tiny_bert, tmp_path):
+    """Run settings for a seconds-long run: tiny BERT, 64 train / 32 eval sentences of the sample."""
+    from flows.settings import RunSettings
+
+    def make(**sections) -> RunSettings:
+        data = {
+            "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 64, "max_eval_samples": 32, "language": "en"},
+            "model": {"checkpoint": str(tiny_bert)},
+            "tokenize": {"max_length": 64},
+            "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 5e-3, "logging_steps": 4},
+            "output_dir": str(tmp_path / "runs"),
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                data.setdefault(key, {}).update(value)
+            else:
+                data[key] = value
+        return RunSettings.model_validate(data)
+
+    return make

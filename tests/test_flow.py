@@ -1,0 +1,178 @@
+"""The finetune_ner flow end to end on a real (temporary) Prefect server, with the tiny BERT."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+import flows.finetune
+import tasks.train
+from flows.finetune import finetune_ner
+from tasks.ingest import SPLIT_ROLES
+
+LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def task_runs(flow_state) -> dict[str, list]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+        )
+    by_name: dict[str, list] = {}
+    for run in runs:
+        by_name.setdefault(run.name.rsplit("-", 1)[0], []).append(run)  # "model-card-1a2" -> "model-card"
+    return by_name
+
+
+def state_of(flow_state, task_name: str) -> str:
+    runs = task_runs(flow_state)[task_name]
+    assert len(runs) == 1, runs
+    return runs[0].state.name
+
+
+def test_flow_writes_a_complete_run_folder_and_caches_tokenization(tiny_settings):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForTokenClassification
+
+    settings = tiny_settings()
+    first = finetune_ner(settings=settings, return_state=True)
+    result = first.result()
+    run_dir, model_dir = Path(result.run_dir), Path(result.model_dir)
+    assert run_dir.parent == Path(settings.output_dir)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
+        assert (model_dir / name).is_file(), name
+    assert not (model_dir / "training_args.bin").exists()
+    config = json.loads((model_dir / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(len(LABELS))] == LABELS
+    assert config["label2id"] == {n: i for i, n in enumerate(LABELS)}
+    assert AutoModelForTokenClassification.from_pretrained(model_dir).num_labels == len(LABELS)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["word_level"]) == {"validation", "test"}
+    assert metrics["word_level"]["test"]["f1"] == pytest.approx(result.test_f1)
+    assert metrics["word_level"]["test"]["sentences"] == 32
+    assert set(metrics["subword_level_tutorial_f1"]) == {"validation", "test"}
+    saved = json.loads((run_dir / "settings.json").read_text())
+    assert saved["run_name"] == result.run_name and saved["train"] == settings.train.model_dump()
+
+    card = ModelCard.load(model_dir / "README.md")
+    f1 = next(r for r in card.data.eval_results if r.metric_type == "f1")
+    assert f1.metric_value == pytest.approx(round(result.test_f1, 4))
+    assert state_of(first, "tokenize") == "Completed"
+
+    # The same run again: tokenization is served from the cache.
+    second = finetune_ner(settings=settings, return_state=True)
+    assert state_of(second, "tokenize") == "Cached"
+    assert second.result().run_dir != result.run_dir  # one folder per run
+
+    # Training hyperparameters are not part of the tokenization key; max_length is.
+    third = finetune_ner(settings=tiny_settings(train={"learning_rate": 1e-3, "epochs": 1}), return_state=True)
+    assert state_of(third, "tokenize") == "Cached"
+    fourth = finetune_ner(settings=tiny_settings(tokenize={"max_length": 48}), return_state=True)
+    assert state_of(fourth, "tokenize") == "Completed"
+
+
+def test_killed_training_is_retried_and_resumes_from_its_checkpoint(tiny_settings, monkeypatch):
+    from transformers import TrainerCallback
+
+    class Preemption(TrainerCallback):
+        fired = False
+
+        def on_save(self, args, state, control, **kwargs):
+            if not Preemption.fired:
+                Preemption.fired = True
+                raise RuntimeError("simulated preemption right after the first checkpoint")
+
+    build = tasks.train.build_callbacks
+    monkeypatch.setattr(tasks.train, "build_callbacks", lambda: build() + [Preemption()])
+    monkeypatch.setattr(flows.finetune, "train_task", tasks.train.train_task.with_options(retry_delay_seconds=0))
+
+    state = finetune_ner(settings=tiny_settings(), return_state=True)
+    result = state.result()
+    assert Preemption.fired
+    assert result.resumed_from == "checkpoint-8"  # 64 sentences / batch 8 = 8 steps per epoch
+
+    from prefect import get_client
+
+    (train_run,) = task_runs(state)["train"]
+    with get_client(sync_client=True) as client:
+        history = [s.name for s in client.read_task_run_states(train_run.id)]
+    assert "Retrying" in history and history[-1] == "Completed"
+    log = json.loads((Path(result.run_dir) / "train_log.json").read_text())
+    assert [e["epoch"] for e in log if "eval_f1" in e] == [1.0, 2.0]
+
+
+def test_invalid_dataset_fails_before_training(tiny_settings, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in SPLIT_ROLES:
+        (bad / f"{split}.jsonl").write_text('{"tokens": ["a", "b"], "ner_tags": [0]}\n')
+    (bad / "labels.txt").write_text("\n".join(LABELS))
+    state = finetune_ner(settings=tiny_settings(dataset={"source": str(bad)}), return_state=True)
+    assert state.is_failed()
+    runs = task_runs(state)
+    assert runs["ingest"][0].state.name == "Failed"
+    assert "train" not in runs
+    with pytest.raises(Exception, match=r"train.jsonl, split 'train', row 0 \(line 1\), field 'ner_tags'"):
+        state.result()
+
+
+def test_wandb_offline_run_folder(tiny_settings, tmp_path):
+    wandb = pytest.importorskip("wandb")
+    from tasks.ingest import ingest_dataset
+    from tasks.tokenize import tokenize_dataset
+    from tasks.train import train_model
+
+    s = tiny_settings(train={"epochs": 1}, tracking={"backend": "wandb", "wandb_project": "nerflow-test"})
+    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
+    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
+    run_dir = tmp_path / "wandb-run"
+    train_model(tokenized, s.model, s.train, s.tracking, run_dir, "wandb-run")
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert any(offline_runs[0].glob("run-*.wandb"))
+    assert wandb.run is None  # wandb.finish() was called
+
+
+def test_cli_kill_and_rerun_resumes(tiny_settings, tmp_path):
+    """A real SIGKILL of `nerflow train` after its first checkpoint; the same run name resumes."""
+    from prefect.settings import PREFECT_API_URL
+
+    s = tiny_settings(dataset={"max_train_samples": 2000}, train={"epochs": 3, "batch_size": 4}, run_name="killed")
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps(s.model_dump(mode="json")))  # JSON is YAML
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cmd = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
+    checkpoints = Path(s.output_dir) / "killed" / "checkpoints"
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+            assert proc.poll() is None, "training ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    first = sorted(p.name for p in checkpoints.glob("checkpoint-*"))[0]
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resuming training from {checkpoints / first}" in out.stderr + out.stdout
+    assert (Path(s.output_dir) / "killed" / "model" / "model.safetensors").is_file()

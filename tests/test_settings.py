@@ -1,0 +1,63 @@
+import pytest
+import yaml
+
+from flows.settings import RunSettings, SettingsError, load_settings
+
+
+def test_defaults_are_the_tutorial_recipe():
+    s = RunSettings()
+    assert (s.dataset.source, s.dataset.config) == ("unimelb-nlp/wikiann", "bn")
+    assert s.model.checkpoint == "bert-base-multilingual-cased"
+    assert (s.train.learning_rate, s.train.batch_size, s.train.epochs, s.train.weight_decay) == (2e-5, 16, 7, 0.01)
+    assert s.tokenize.alignment == "first"
+    assert s.dataset.resolved_language() == "bn"
+
+
+def test_yaml_plus_overrides_are_typed(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"train": {"epochs": 3}, "dataset": {"source": "data/x"}}))
+    s = load_settings(cfg, ["train.learning_rate=1e-4", "dataset.label_names=[O, B-PER, I-PER]", "run_name=exp-1"])
+    assert s.train.epochs == 3 and s.train.learning_rate == pytest.approx(1e-4)
+    assert s.dataset.label_names == ["O", "B-PER", "I-PER"]
+    assert s.run_name == "exp-1"
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.epochs=0", "train.epochs"),
+        ("train.learning_rate=-1", "train.learning_rate"),
+        ("tokenize.alignment=every", "tokenize.alignment"),
+        ("tracking.backend=mlflow", "tracking.backend"),
+        ("train.epocs=3", "train.epocs"),
+        ("dataset.label_names=[O, PER]", "dataset.label_names"),
+        ("run_name=../escape", "run_name"),
+        ("dataset.validation_split=train", "dataset"),
+    ],
+)
+def test_invalid_values_fail_naming_the_field(override, field):
+    with pytest.raises(SettingsError) as err:
+        load_settings(None, [override])
+    assert f"  {field}:" in str(err.value)
+
+
+def test_config_errors_name_the_file(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("train: [1, 2]\n")
+    with pytest.raises(SettingsError, match="bad.yaml"):
+        load_settings(cfg)
+    with pytest.raises(SettingsError, match="not found"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_flow_parameters_come_from_the_settings_model():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.finetune import finetune_ner
+
+    schema = parameter_schema(finetune_ner.fn).model_dump()
+    definitions = schema["definitions"]
+    assert "RunSettings" in definitions and "TrainSettings" in definitions
+    epochs = definitions["TrainSettings"]["properties"]["epochs"]
+    assert epochs["minimum"] == 1 and epochs["description"]
+    assert definitions["TokenizeSettings"]["properties"]["alignment"]["enum"] == ["first", "all", "tutorial"]
