@@ -1,4 +1,4 @@
-"""The `nerflow` command: train (runs the Prefect flow), predict, and show the run settings."""
+"""The `nerflow` command: train (runs the Prefect flow), publish a finished run, predict, show settings."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(settings)
     settings.add_argument("--schema", action="store_true", help="print the JSON schema instead")
 
+    publish = sub.add_parser("publish", help="publish a finished run (no retraining)")
+    publish.add_argument("run_dir", help="a run folder (OUTPUT_DIR/RUN_NAME)")
+    publish.add_argument("--target", action="append", choices=["local", "hub", "s3"], required=True, help="repeatable")
+    publish.add_argument("--repo-id", help="Hub repository owner/name (target hub)")
+    publish.add_argument("--s3-uri", help="s3://bucket/prefix (target s3)")
+    publish.add_argument("--public", action="store_true", help="create the Hub repository as public")
+    publish.add_argument("--create-pr", action="store_true", help="open a Hub pull request instead of committing")
+    publish.add_argument("--tag", action="store_true", help="tag the Hub commit run-<run name>")
+    publish.add_argument("--min-f1", type=float, help="do not publish below this word-level test F1")
+    publish.add_argument("--require-improvement", action="store_true", help="publish only if better than published")
+    publish.add_argument("--model-name", help="stable model name (S3 folder); default: from the run's settings")
+    publish.add_argument("--hf-token-block", default="hf-token", help="Prefect Secret block with the Hub token")
+    publish.add_argument("--aws-credentials-block", help="Prefect AwsCredentials block (default: AWS environment)")
+
     predict = sub.add_parser("predict", help="print the entities a trained model finds")
     predict.add_argument("model_dir", help="a run's model folder (RUN_DIR/model)")
     predict.add_argument("text", nargs="+", help="one or more sentences")
@@ -50,6 +64,53 @@ def cmd_train(settings: RunSettings) -> int:
     print(f"model card : {result.card_path}")
     print(f"metrics    : {result.metrics_path}")
     print(f"test F1    : {result.test_f1:.4f} (word level; precision {result.test_precision:.4f}, recall {result.test_recall:.4f})")
+    print(f"published  : {result.published_to if result.published else 'no'} ({result.gate})")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from flows.settings import PublishSettings, describe_validation_error
+    from tasks.publish import PublishError, publish_run
+
+    run_dir = Path(args.run_dir)
+    try:
+        publish = PublishSettings(
+            targets=args.target,
+            hub_repo_id=args.repo_id,
+            s3_uri=args.s3_uri,
+            hub_private=not args.public,
+            hub_create_pr=args.create_pr,
+            hub_tag_runs=args.tag,
+            min_f1=args.min_f1,
+            require_improvement=args.require_improvement,
+            hf_token_block=args.hf_token_block,
+            aws_credentials_block=args.aws_credentials_block,
+        )
+    except ValidationError as e:
+        raise SettingsError(describe_validation_error(e, "publish options")) from e
+    model_name = args.model_name
+    if not model_name:
+        saved = run_dir / "settings.json"
+        if not saved.is_file():
+            raise SettingsError(f"{saved} not found: pass --model-name or a nerflow run folder")
+        run_settings = RunSettings.model_validate_json(saved.read_text(encoding="utf-8"))
+        model_name = run_settings.model_copy(update={"publish": publish}).resolved_model_name()
+    try:
+        result = publish_run(run_dir, publish, model_name)
+    except PublishError as e:
+        print(f"nerflow: {e}", file=sys.stderr)
+        return 1
+    print(result.gate.reason)
+    if not result.published:
+        print("not published")
+        return 3
+    for label, value in (("hub commit", result.hub_commit_url), ("s3", result.s3_uri), ("local", result.local_path)):
+        if value:
+            print(f"{label:<10} : {value}")
     return 0
 
 
@@ -76,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return cmd_predict(args.model_dir, args.text, args.json)
+        if args.command == "publish":
+            return cmd_publish(args)
         if args.command == "settings" and args.schema:
             print(json.dumps(RunSettings.model_json_schema(), indent=2))
             return 0

@@ -1,4 +1,4 @@
-"""The `finetune_ner` flow: ingest -> tokenize -> train -> evaluate -> model card.
+"""The `finetune_ner` flow: ingest -> tokenize -> train -> evaluate -> model card -> publish.
 
 Tasks hand each other small references (paths and fingerprints); the data and the weights stay on disk.
 Every run writes into its own folder, OUTPUT_DIR/RUN_NAME: `model/` (weights, config with the labels,
@@ -18,6 +18,7 @@ from flows.settings import RunSettings
 from tasks.card import model_card_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
+from tasks.publish import publish_task
 from tasks.storage import atomic_write_json
 from tasks.tokenize import tokenize_or_rebuild
 from tasks.train import train_task
@@ -36,6 +37,9 @@ class RunResult(BaseModel):
     validation_f1: float
     dataset_fingerprint: str
     resumed_from: str | None
+    published: bool
+    published_to: str
+    gate: str
 
 
 def resolve_run_name(settings: RunSettings) -> str:
@@ -66,12 +70,13 @@ def summary_markdown(result: RunResult) -> str:
             f"- Test F1 (word level): **{result.test_f1:.4f}** (precision {result.test_precision:.4f}, "
             f"recall {result.test_recall:.4f}); validation F1 {result.validation_f1:.4f}",
             f"- Dataset fingerprint: `{result.dataset_fingerprint[:16]}`",
+            f"- Published: {'yes, ' + result.published_to if result.published else 'no'} ({result.gate})",
         ]
         + ([f"- Training resumed from `{result.resumed_from}`"] if result.resumed_from else [])
     )
 
 
-@flow(name="finetune_ner", description="Fine-tune a BERT-family model for NER: ingest, tokenize, train, evaluate, card.")
+@flow(name="finetune_ner", description="Fine-tune a BERT-family model for NER: ingest, tokenize, train, evaluate, card, publish.")
 def finetune_ner(settings: RunSettings = RunSettings()) -> RunResult:  # noqa: B008 - pydantic default for the UI form
     run_name = resolve_run_name(settings)
     run_dir = prepare_run_dir(settings, run_name)
@@ -82,6 +87,7 @@ def finetune_ner(settings: RunSettings = RunSettings()) -> RunResult:  # noqa: B
     model = train_task(tokenized, settings.model, settings.train, settings.tracking, str(run_dir), run_name)
     evaluation = evaluate_task(model, tokenized, str(run_dir), settings.train.eval_batch_size)
     card = model_card_task(model, evaluation, dataset, tokenized, settings, run_name)
+    publication = publish_task(str(run_dir), settings.publish, settings.resolved_model_name())
 
     result = RunResult(
         run_name=run_name,
@@ -96,6 +102,9 @@ def finetune_ner(settings: RunSettings = RunSettings()) -> RunResult:  # noqa: B
         validation_f1=evaluation.word_level["validation"]["f1"],
         dataset_fingerprint=dataset.fingerprint,
         resumed_from=model.resumed_from,
+        published=publication.published,
+        published_to=publication.location(),
+        gate=publication.gate.reason,
     )
     create_markdown_artifact(key="run-summary", markdown=summary_markdown(result), description="Where the model is")
     return result

@@ -21,6 +21,7 @@ AlignmentStrategy = Literal["first", "all", "tutorial"]
 Tracking = Literal["none", "wandb"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DatasetFormat = Literal["auto", "hub", "jsonl", "json", "parquet", "conll"]
+PublishTarget = Literal["local", "hub", "s3"]
 
 _IOB_LABEL = re.compile(r"^(O|[BI]-[^\s]+)$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -170,13 +171,60 @@ class TrackingSettings(_Section):
 class CardSettings(_Section):
     """What the Hugging Face model card says."""
 
-    model_name: str | None = Field(None, description="Title of the model card. None: derived from the run.")
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$",
+        description="Stable model name across runs (card title, S3 folder). None: the Hub repo name if "
+        "publishing there, else derived from the checkpoint and the language.",
+    )
     license: str = Field("apache-2.0", min_length=1, description="License identifier in the card metadata.")
     widget_examples: list[str] | None = Field(
         None,
         description="Sentences for the Hub inference widget. None: the tutorial's five Bengali examples "
         "for 'bn', built-in examples for 'en', else the first test sentences.",
     )
+
+
+class PublishSettings(_Section):
+    """Where the trained model goes, and the quality gate it must pass first."""
+
+    targets: list[PublishTarget] = Field(
+        default_factory=lambda: ["local"],
+        min_length=1,
+        description="'local' keeps the model in the run folder; 'hub' pushes it to the Hugging Face Hub; "
+        "'s3' uploads the run to S3. Several may be chosen.",
+    )
+    hub_repo_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", description="Hub model repository, 'owner/name'."
+    )
+    hub_private: bool = Field(True, description="Create the Hub repository as private.")
+    hub_create_pr: bool = Field(False, description="Open a pull request instead of committing to main.")
+    hub_tag_runs: bool = Field(False, description="Tag each published commit 'run-<run name>'.")
+    hf_token_block: str = Field(
+        "hf-token", min_length=1, description="Prefect Secret block holding the Hub token (else HF_TOKEN)."
+    )
+    s3_uri: str | None = Field(
+        None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", description="s3://bucket/prefix for runs."
+    )
+    aws_credentials_block: str | None = Field(
+        None,
+        description="Prefect AwsCredentials block (prefect-aws) to use. None: the standard AWS "
+        "environment, config files or instance role.",
+    )
+    min_f1: float | None = Field(
+        None, ge=0, le=1, description="Do not publish a model whose word-level test F1 is below this."
+    )
+    require_improvement: bool = Field(
+        False, description="Publish only if the test F1 beats the currently published model's."
+    )
+
+    @model_validator(mode="after")
+    def _target_settings(self) -> PublishSettings:
+        if "hub" in self.targets and not self.hub_repo_id:
+            raise ValueError("publish.hub_repo_id is required when targets include 'hub'")
+        if "s3" in self.targets and not self.s3_uri:
+            raise ValueError("publish.s3_uri is required when targets include 's3'")
+        return self
 
 
 class RunSettings(_Section):
@@ -188,6 +236,7 @@ class RunSettings(_Section):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training hyperparameters.")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Experiment tracking.")
     card: CardSettings = Field(default_factory=CardSettings, description="Model card.")
+    publish: PublishSettings = Field(default_factory=PublishSettings, description="Publishing and quality gate.")
     output_dir: str = Field(
         "runs", min_length=1, description="Folder holding one sub-folder per run (and the shared caches)."
     )
@@ -206,6 +255,14 @@ class RunSettings(_Section):
         if name is not None and not _RUN_NAME.match(name):
             raise ValueError("run_name may hold letters, digits, '.', '_' and '-' (at most 128), no slashes")
         return name
+
+    def resolved_model_name(self) -> str:
+        if self.card.model_name:
+            return self.card.model_name
+        if self.publish.hub_repo_id:
+            return self.publish.hub_repo_id.split("/")[-1]
+        base = (self.model.base_model_id or self.model.checkpoint).rstrip("/").split("/")[-1].split(":")[-1]
+        return f"{base}-ner-{self.dataset.resolved_language() or 'custom'}"
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / ".cache"

@@ -88,7 +88,7 @@ Subword-level F1 as the tutorial computes it (test: {{ "%.4f"|format(subword_f1.
 - Label alignment: `{{ alignment }}` ({{ alignment_text }}); max length {{ max_length }} subwords
 - Learning rate {{ train.learning_rate }}, batch size {{ train.batch_size }}, epochs {{ train.epochs }},
   weight decay {{ train.weight_decay }}, warm-up steps {{ train.warmup_steps }}, seed {{ train.seed }}
-- Best epoch chosen by word-level validation F1{% if model.best_checkpoint %} ({{ model.best_checkpoint }}){% endif %}
+- nerflow run `{{ run_name }}`; best epoch chosen by word-level validation F1{% if model.best_checkpoint %} ({{ model.best_checkpoint }}){% endif %}
 - Hardware: {{ model.device }} ({{ model.precision }}), {{ "%.0f"|format(model.train_runtime_s) }} s of training
 
 {% if epochs -%}
@@ -197,7 +197,7 @@ def build_card(
         )
         for metric in ("f1", "precision", "recall", "accuracy")
     ]
-    model_name = settings.card.model_name or f"{(base_model or 'bert').split('/')[-1]}-ner-{language or 'custom'}-{run_name}"
+    model_name = settings.resolved_model_name()
     card_data = ModelCardData(
         model_name=model_name,
         language=[language] if language else None,
@@ -235,9 +235,10 @@ def build_card(
         model=model,
         epochs=model.epochs,
         widget=examples,
-        usage_id=settings.card.model_name or "path/to/model",
+        usage_id=settings.publish.hub_repo_id or "path/to/model",
         language_name=language or "the training data's language",
         versions=_versions(),
+        run_name=run_name,
     )
 
 

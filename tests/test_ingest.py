@@ -173,3 +173,20 @@ def test_s3_source_through_moto_server(tmp_path, monkeypatch):
             ingest(tmp_path, "s3://ner-data/wikiann/v1")
     finally:
         server.stop()
+
+
+def test_hub_loader_reads_classlabel_names(tmp_path):
+    """The Hub code path (datasets.load_dataset), fed a local repository-shaped folder offline."""
+    import datasets
+
+    features = datasets.Features(
+        {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(datasets.ClassLabel(names=LABELS))}
+    )
+    repo = tmp_path / "hub-repo"
+    repo.mkdir()
+    for split in ("train", "validation", "test"):
+        datasets.Dataset.from_list(GOOD, features=features).to_parquet(str(repo / f"{split}.parquet"))
+    ref = ingest_dataset(DatasetSettings(source=str(repo), format="hub", config=None), tmp_path / "cache")
+    assert ref.label_names == LABELS  # from the ClassLabel feature, no labels.txt needed
+    assert ref.revision == "unresolved"  # offline: the Hub sha cannot be looked up, and it says so
+    assert ref.num_rows == {"train": 2, "validation": 2, "test": 2}

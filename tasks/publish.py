@@ -1,0 +1,415 @@
+"""Step 6, publish: a quality gate, then the Hugging Face Hub, S3 and/or the local run folder.
+
+Publishing is idempotent: a Hub commit carries the run's marker in its message and a second publish of
+the same run finds it and adds nothing; an S3 upload writes `manifest.json` (files, sizes, sha256)
+last, so a reader never mistakes a half-finished upload for a model, and a retry completes it.
+Transient errors (connection, timeout, 429, 5xx) are retried with exponential backoff and jitter;
+401/403/404 fail at once with what to fix. Tokens and keys are never logged or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from pydantic import BaseModel
+
+from flows.settings import PublishSettings
+from tasks.retry import call_with_backoff, describe_error, http_status, network_retry_condition
+from tasks.secrets import resolve_secret
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("metrics.json", "settings.json", "train_log.json")
+MANIFEST = "manifest.json"
+
+
+class PublishError(RuntimeError):
+    """Publishing cannot succeed without a change by the user (credentials, permissions, names)."""
+
+
+class GateDecision(BaseModel):
+    passed: bool
+    reason: str
+    new_f1: float
+    min_f1: float | None
+    published_f1: float | None
+    published_at: str | None
+
+
+class PublishResult(BaseModel):
+    published: bool
+    gate: GateDecision
+    local_path: str | None = None
+    hub_commit_url: str | None = None
+    hub_new_commit: bool | None = None
+    s3_uri: str | None = None
+    s3_new_upload: bool | None = None
+
+    def location(self) -> str:
+        return self.hub_commit_url or self.s3_uri or self.local_path or "(not published)"
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:
+        return log
+
+
+# ------------------------------------------------------------------------------------------------ gate
+
+
+def quality_gate(
+    new_f1: float,
+    min_f1: float | None,
+    published_f1: float | None,
+    require_improvement: bool,
+    published_at: str | None = None,
+) -> GateDecision:
+    def decide(passed: bool, reason: str) -> GateDecision:
+        return GateDecision(
+            passed=passed, reason=reason, new_f1=new_f1, min_f1=min_f1, published_f1=published_f1, published_at=published_at
+        )
+
+    if min_f1 is not None and new_f1 < min_f1:
+        return decide(False, f"test F1 {new_f1:.4f} is below the floor publish.min_f1={min_f1:.4f}")
+    if require_improvement and published_f1 is not None and new_f1 <= published_f1:
+        return decide(False, f"test F1 {new_f1:.4f} does not beat the published model's {published_f1:.4f} ({published_at})")
+    if require_improvement and published_f1 is not None:
+        return decide(True, f"test F1 {new_f1:.4f} beats the published model's {published_f1:.4f} ({published_at})")
+    return decide(True, f"test F1 {new_f1:.4f} passes" + (f" the floor {min_f1:.4f}" if min_f1 is not None else " (no floor set)"))
+
+
+# ------------------------------------------------------------------------------------------------- hub
+
+
+def _explain_hub_error(exc: Exception, repo_id: str, token_block: str) -> PublishError | None:
+    status = http_status(exc)
+    if status == 401:
+        return PublishError(
+            f"the Hub rejected the token (HTTP 401) for {repo_id}: put a valid write token in the Prefect "
+            f"Secret block {token_block!r} (publish.hf_token_block) or in HF_TOKEN"
+        )
+    if status == 403:
+        return PublishError(
+            f"the token may not write to {repo_id} (HTTP 403): use a token with write access to that "
+            "namespace, or change publish.hub_repo_id"
+        )
+    if status == 404:
+        return PublishError(f"{repo_id} was not found (HTTP 404): check publish.hub_repo_id and the token's namespace")
+    return None
+
+
+def hub_api(token: str | None):
+    from huggingface_hub import HfApi
+
+    # Read at call time, as the huggingface_hub client itself does at import time.
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+
+
+def run_marker(run_id: str) -> str:
+    return f"[nerflow run {run_id}]"
+
+
+def hub_published_f1(api, repo_id: str) -> tuple[float | None, str | None]:
+    """Test F1 of the model currently on the Hub, read from its card's model-index."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = call_with_backoff(
+                lambda: api.hf_hub_download(repo_id, "README.md", local_dir=tmp), what=f"download {repo_id} card"
+            )
+            card = ModelCard.load(path)
+    except (RepositoryNotFoundError, EntryNotFoundError):
+        return None, None
+    for result in card.data.eval_results or []:
+        if result.metric_type == "f1":
+            return float(result.metric_value), f"hub:{repo_id}"
+    return None, None
+
+
+def find_run_commit(api, repo_id: str, run_id: str) -> str | None:
+    marker = run_marker(run_id)
+    commits = call_with_backoff(lambda: api.list_repo_commits(repo_id), what=f"list {repo_id} commits")
+    for commit in commits:
+        if marker in commit.title or marker in (commit.message or ""):
+            return commit.commit_id
+    return None
+
+
+def publish_to_hub(
+    model_dir: Path,
+    run_id: str,
+    test_f1: float,
+    settings: PublishSettings,
+    token: str | None,
+    backoff_base_s: float = 1.0,
+) -> tuple[str, bool]:
+    """Create the repo if needed and commit the model folder once per run; returns (commit URL, new?)."""
+    repo_id = settings.hub_repo_id
+    assert repo_id
+    if not token:
+        raise PublishError(
+            f"no Hub token: create the Prefect Secret block {settings.hf_token_block!r} or set HF_TOKEN to publish to {repo_id}"
+        )
+    api = hub_api(token)
+    try:
+        call_with_backoff(
+            lambda: api.create_repo(repo_id, private=settings.hub_private, exist_ok=True),
+            what=f"create {repo_id}",
+            base_s=backoff_base_s,
+        )
+
+        def commit_once():
+            # Checked before every attempt: a commit whose response was lost must not be made twice.
+            existing = find_run_commit(api, repo_id, run_id)
+            if existing:
+                return existing, False
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(model_dir),
+                commit_message=f"nerflow: test F1 {test_f1:.4f} {run_marker(run_id)}",
+                commit_description=f"Trained by nerflow run {run_id}; word-level test F1 {test_f1:.4f}.",
+                create_pr=settings.hub_create_pr,
+            )
+            return info.oid, True
+
+        oid, new = call_with_backoff(commit_once, what=f"commit to {repo_id}", base_s=backoff_base_s)
+        if settings.hub_tag_runs:
+            call_with_backoff(
+                lambda: api.create_tag(repo_id, tag=f"run-{run_id}", revision=oid, exist_ok=True),
+                what=f"tag {repo_id}",
+                base_s=backoff_base_s,
+            )
+    except Exception as exc:
+        explained = _explain_hub_error(exc, repo_id, settings.hf_token_block)
+        if explained is not None:
+            raise explained from None
+        raise
+    return f"{api.endpoint}/{repo_id}/commit/{oid}", new
+
+
+# -------------------------------------------------------------------------------------------------- s3
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    m = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
+    if not m:
+        raise PublishError(f"{uri}: not an s3://bucket/prefix URI")
+    return m.group(1), m.group(2).strip("/")
+
+
+def s3_client(settings: PublishSettings):
+    """boto3 S3 client: an AwsCredentials block if named, else the standard AWS chain (AWS_ENDPOINT_URL too)."""
+    if settings.aws_credentials_block:
+        try:
+            from prefect_aws import AwsCredentials
+        except ImportError as e:
+            raise PublishError("publish.aws_credentials_block needs prefect-aws: pip install 'nerflow[aws]'") from e
+        return AwsCredentials.load(settings.aws_credentials_block, _sync=True).get_boto3_session().client("s3")
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_files(run_dir: Path) -> dict[str, Path]:
+    """What a published run consists of: the model folder plus the run's metrics and settings."""
+    files = {f"model/{p.relative_to(run_dir / 'model').as_posix()}": p for p in sorted((run_dir / "model").rglob("*")) if p.is_file()}
+    files.update({name: run_dir / name for name in RUN_FILES if (run_dir / name).is_file()})
+    return files
+
+
+def _read_json_object(client, bucket: str, key: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(body)
+
+
+def s3_published_f1(client, s3_uri: str, model_name: str) -> tuple[float | None, str | None]:
+    """Test F1 of the newest complete (manifested) run of this model under the S3 prefix."""
+    bucket, prefix = parse_s3_uri(s3_uri)
+    base = f"{prefix}/{model_name}/" if prefix else f"{model_name}/"
+    manifests = [
+        obj["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+        for obj in page.get("Contents", [])
+        if obj["Key"].endswith(f"/{MANIFEST}")
+    ]
+    # S3's LastModified has one-second resolution; the manifest's own timestamp orders runs exactly.
+    newest = max(
+        ((_read_json_object(client, bucket, key) or {}, key) for key in manifests),
+        key=lambda item: item[0].get("created_at", ""),
+        default=None,
+    )
+    if newest is None or newest[0].get("test_f1") is None:
+        return None, None
+    return float(newest[0]["test_f1"]), f"s3://{bucket}/{newest[1]}"
+
+
+def publish_to_s3(
+    run_dir: Path,
+    run_id: str,
+    model_name: str,
+    test_f1: float,
+    settings: PublishSettings,
+    client=None,
+    backoff_base_s: float = 1.0,
+) -> tuple[str, bool]:
+    """Upload the run under s3://BUCKET/PREFIX/<model>/<run>/, manifest last; returns (URI, new upload?)."""
+    assert settings.s3_uri
+    client = client or s3_client(settings)
+    bucket, prefix = parse_s3_uri(settings.s3_uri)
+    base = "/".join(p for p in (prefix, model_name, run_id) if p)
+    uri = f"s3://{bucket}/{base}/"
+    files = run_files(run_dir)
+    entries = [{"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)} for rel, path in files.items()]
+    try:
+        existing = call_with_backoff(
+            lambda: _read_json_object(client, bucket, f"{base}/{MANIFEST}"), what="read manifest", base_s=backoff_base_s
+        )
+        if existing and existing.get("files") == entries:
+            return uri, False
+        for entry in entries:
+            call_with_backoff(
+                lambda entry=entry: client.upload_file(str(files[entry["path"]]), bucket, f"{base}/{entry['path']}"),
+                what=f"upload {entry['path']}",
+                base_s=backoff_base_s,
+            )
+        manifest = {
+            "model_name": model_name,
+            "run_id": run_id,
+            "test_f1": test_f1,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "files": entries,
+        }
+        call_with_backoff(
+            lambda: client.put_object(
+                Bucket=bucket, Key=f"{base}/{MANIFEST}", Body=json.dumps(manifest, indent=2).encode(), ContentType="application/json"
+            ),
+            what="write manifest",
+            base_s=backoff_base_s,
+        )
+    except Exception as exc:
+        status = http_status(exc)
+        if status in (401, 403):
+            raise PublishError(
+                f"S3 refused access to {uri} (HTTP {status}): check the AWS credentials "
+                "(publish.aws_credentials_block or the AWS environment) and the bucket policy"
+            ) from None
+        if status == 404:
+            raise PublishError(f"S3 bucket {bucket!r} not found (HTTP 404): check publish.s3_uri") from None
+        raise
+    return uri, True
+
+
+# ----------------------------------------------------------------------------------------------- step
+
+
+def read_run(run_dir: Path) -> tuple[str, float]:
+    """A finished run's id (its folder name) and word-level test F1, from its metrics.json."""
+    metrics_path = run_dir / "metrics.json"
+    if not (run_dir / "model" / "config.json").is_file() or not metrics_path.is_file():
+        raise PublishError(f"{run_dir}: not a finished nerflow run (needs model/ and metrics.json)")
+    return run_dir.name, float(json.loads(metrics_path.read_text())["word_level"]["test"]["f1"])
+
+
+def publish_run(
+    run_dir: Path, settings: PublishSettings, model_name: str, backoff_base_s: float = 1.0
+) -> PublishResult:
+    run_dir = Path(run_dir)
+    run_id, test_f1 = read_run(run_dir)
+    token = resolve_secret(settings.hf_token_block, "HF_TOKEN") if "hub" in settings.targets else None
+    client = s3_client(settings) if "s3" in settings.targets else None
+
+    published_f1, published_at = None, None
+    if settings.require_improvement:
+        # The Hub card is the public face of the model; S3 manifests speak for S3-only setups.
+        if "hub" in settings.targets:
+            try:
+                published_f1, published_at = hub_published_f1(hub_api(token), settings.hub_repo_id)
+            except Exception as exc:
+                raise _explain_hub_error(exc, settings.hub_repo_id or "", settings.hf_token_block) or exc from None
+        if published_f1 is None and client is not None:
+            published_f1, published_at = s3_published_f1(client, settings.s3_uri, model_name)
+    gate = quality_gate(test_f1, settings.min_f1, published_f1, settings.require_improvement, published_at)
+    result = PublishResult(published=gate.passed, gate=gate)
+    if not gate.passed:
+        return result
+    if "local" in settings.targets:
+        result.local_path = str(run_dir / "model")
+    if "s3" in settings.targets:
+        result.s3_uri, result.s3_new_upload = publish_to_s3(
+            run_dir, run_id, model_name, test_f1, settings, client, backoff_base_s
+        )
+    if "hub" in settings.targets:
+        result.hub_commit_url, result.hub_new_commit = publish_to_hub(
+            run_dir / "model", run_id, test_f1, settings, token, backoff_base_s
+        )
+    return result
+
+
+def gate_markdown(result: PublishResult) -> str:
+    g = result.gate
+    verdict = "published" if result.published else "**not published**"
+    lines = [f"# Quality gate: {verdict}", "", g.reason, "", f"- new test F1: {g.new_f1:.4f}"]
+    if g.min_f1 is not None:
+        lines.append(f"- floor (publish.min_f1): {g.min_f1:.4f}")
+    if g.published_f1 is not None:
+        lines.append(f"- published model: {g.published_f1:.4f} ({g.published_at})")
+    return "\n".join(lines)
+
+
+@task(
+    name="publish",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[10, 60, 300],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=network_retry_condition,
+)
+def publish_task(run_dir: str, settings: PublishSettings, model_name: str) -> PublishResult:
+    logger = get_run_logger()
+    try:
+        result = publish_run(Path(run_dir), settings, model_name)
+    except PublishError as e:
+        logger.error("publish failed: %s", e)
+        raise
+    except Exception as e:
+        logger.warning("publish attempt failed with %s", describe_error(e))
+        raise
+    create_markdown_artifact(key="quality-gate", markdown=gate_markdown(result), description="Publish decision")
+    if not result.published:
+        logger.warning("not publishing: %s", result.gate.reason)
+        return result
+    if result.hub_commit_url:
+        create_link_artifact(key="hub-commit", link=result.hub_commit_url, link_text=settings.hub_repo_id)
+    logger.info("published to %s", ", ".join(x for x in (result.hub_commit_url, result.s3_uri, result.local_path) if x))
+    return result

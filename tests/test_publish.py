@@ -1,0 +1,304 @@
+"""Publishing with the real huggingface_hub client (against a local Hub stand-in) and the real boto3
+client (against moto's server), both on 127.0.0.1."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows.settings import PublishSettings, RunSettings
+from tasks.publish import PublishError, publish_run, publish_to_s3, s3_published_f1
+from hub_standin import HubStandIn
+
+HF_TOKEN = "hf_FAKEtokenDoNotLog0123456789abcdef"
+AWS_KEY_ID = "AKIAFAKEKEYDONOTLOG1"
+AWS_SECRET = "fakeSecretDoNotLog/0123456789abcdefghijklm"
+FAST = 0.01  # backoff base in seconds for tests
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    # Secret blocks are read through the Prefect API; a test server keeps that fast and isolated.
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_bert) -> Path:
+    """A real, finished run folder from the plain step functions (tiny BERT, 64 sentences)."""
+    from tasks.card import render_model_card
+    from tasks.evaluate import evaluate_model
+    from tasks.ingest import ingest_dataset
+    from tasks.tokenize import tokenize_dataset
+    from tasks.train import train_model
+    from conftest import SAMPLE_DIR
+
+    root = tmp_path_factory.mktemp("published")
+    s = RunSettings.model_validate(
+        {
+            "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 64, "max_eval_samples": 32, "language": "en"},
+            "model": {"checkpoint": str(tiny_bert), "base_model_id": "prajjwal1/bert-tiny"},
+            "tokenize": {"max_length": 64},
+            "train": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-3},
+            "output_dir": str(root),
+            "card": {"model_name": "tiny-ner"},
+        }
+    )
+    run_dir = root / "run-1"
+    run_dir.mkdir()
+    (run_dir / "settings.json").write_text(s.model_copy(update={"run_name": "run-1"}).model_dump_json())
+    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
+    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
+    model = train_model(tokenized, s.model, s.train, s.tracking, run_dir, "run-1")
+    evaluation = evaluate_model(model, tokenized, run_dir)
+    render_model_card(model, evaluation, dataset, tokenized, s, "run-1")
+    return run_dir
+
+
+def copy_run(run_dir: Path, dest: Path, name: str, test_f1: float) -> Path:
+    """Another finished run with a chosen test F1 (to exercise the gate)."""
+    new = shutil.copytree(run_dir, dest / name)
+    metrics = json.loads((new / "metrics.json").read_text())
+    metrics["word_level"]["test"]["f1"] = test_f1
+    (new / "metrics.json").write_text(json.dumps(metrics))
+    return new
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    import huggingface_hub.constants
+
+    with HubStandIn(token=HF_TOKEN) as standin:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the stand-in is local
+        monkeypatch.setenv("HF_ENDPOINT", standin.url)
+        monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+        yield standin
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch):
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("s3")
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+def keys(client, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+# ------------------------------------------------------------------------------------------------- hub
+
+
+def test_hub_publish_commits_once_per_run(finished_run, hub):
+    from huggingface_hub import HfApi, ModelCard
+
+    settings = PublishSettings(targets=["hub"], hub_repo_id="nerflow/tiny-ner", hub_tag_runs=True)
+    result = publish_run(finished_run, settings, "tiny-ner", backoff_base_s=FAST)
+    assert result.published and result.hub_new_commit
+    (commit,) = hub.commits("nerflow/tiny-ner")
+    assert result.hub_commit_url == f"{hub.url}/nerflow/tiny-ner/commit/{commit.oid}"
+    assert "[nerflow run run-1]" in commit.title and "test F1" in commit.title
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(commit.files)
+    assert hub.repos["nerflow/tiny-ner"].private
+    assert hub.repos["nerflow/tiny-ner"].tags == {"run-run-1": commit.oid}
+
+    # The card came through intact: download it with the real client and read its model-index.
+    api = HfApi(endpoint=hub.url, token=HF_TOKEN)
+    card = ModelCard.load(api.hf_hub_download("nerflow/tiny-ner", "README.md", local_dir=str(finished_run.parent / "dl")))
+    local = ModelCard.load(finished_run / "model" / "README.md")
+    assert card.data.to_dict() == local.data.to_dict()
+    assert [f.path for f in api.list_repo_tree("nerflow/tiny-ner")] == sorted(commit.files)
+
+    again = publish_run(finished_run, settings, "tiny-ner", backoff_base_s=FAST)
+    assert again.hub_new_commit is False and again.hub_commit_url == result.hub_commit_url
+    assert len(hub.commits("nerflow/tiny-ner")) == 1
+
+
+def test_hub_503_twice_then_success_makes_exactly_one_commit(finished_run, hub):
+    hub.fail_next("POST", "/commit/", 503, times=2)
+    result = publish_run(finished_run, PublishSettings(targets=["hub"], hub_repo_id="nerflow/flaky"), "tiny-ner", FAST)
+    assert result.published
+    assert len(hub.commits("nerflow/flaky")) == 1
+    assert sum(1 for method, path in hub.requests if method == "POST" and "/commit/" in path) == 3
+
+
+def test_hub_401_fails_fast_with_a_clear_message(finished_run, hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_wrongTokenValue000000000000000")
+    with pytest.raises(PublishError) as err:
+        publish_run(finished_run, PublishSettings(targets=["hub"], hub_repo_id="nerflow/denied"), "tiny-ner", FAST)
+    message = str(err.value)
+    assert "HTTP 401" in message and "hf-token" in message and "HF_TOKEN" in message
+    assert "hf_wrongToken" not in message
+    # No retry on 401: one create attempt (the client's own follow-up look-up aside), no commit.
+    assert [r for r in hub.requests if r[0] == "POST"] == [("POST", "/api/repos/create")]
+
+
+def test_hub_without_token_says_what_to_set(finished_run, hub, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(PublishError, match="create the Prefect Secret block 'hf-token' or set HF_TOKEN"):
+        publish_run(finished_run, PublishSettings(targets=["hub"], hub_repo_id="nerflow/none"), "tiny-ner", FAST)
+    assert hub.requests == []
+
+
+def test_gate_reads_the_published_card(finished_run, hub, tmp_path):
+    settings = PublishSettings(targets=["hub"], hub_repo_id="nerflow/gated", require_improvement=True)
+    first = publish_run(finished_run, settings, "tiny-ner", FAST)
+    published_f1 = first.gate.new_f1
+    worse = copy_run(finished_run, tmp_path, "run-worse", published_f1 - 0.05)
+    skipped = publish_run(worse, settings, "tiny-ner", FAST)
+    assert not skipped.published and "does not beat the published model's" in skipped.gate.reason
+    assert skipped.gate.published_f1 == pytest.approx(round(published_f1, 4))
+    assert len(hub.commits("nerflow/gated")) == 1
+
+
+# -------------------------------------------------------------------------------------------------- s3
+
+
+def test_s3_upload_writes_manifest_last_and_retry_completes(finished_run, s3):
+    client, bucket = s3
+    settings = PublishSettings(targets=["s3"], s3_uri=f"s3://{bucket}/nerflow")
+    puts = {"n": 0, "fail_after": 3}
+
+    def flaky_network(request, **kwargs):
+        puts["n"] += 1
+        if puts["n"] > puts["fail_after"]:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url="simulated outage")
+
+    client.meta.events.register("before-send.s3.PutObject", flaky_network)
+    with pytest.raises(Exception, match="simulated outage"):
+        publish_to_s3(finished_run, "run-1", "tiny-ner", 0.5, settings, client, backoff_base_s=FAST)
+    partial = keys(client, bucket)
+    assert 0 < len(partial) and not any(k.endswith("manifest.json") for k in partial)
+
+    client.meta.events.unregister("before-send.s3.PutObject", flaky_network)
+    uri, new = publish_to_s3(finished_run, "run-1", "tiny-ner", 0.5, settings, client, backoff_base_s=FAST)
+    assert new and uri == f"s3://{bucket}/nerflow/tiny-ner/run-1/"
+    manifest = json.loads(client.get_object(Bucket=bucket, Key="nerflow/tiny-ner/run-1/manifest.json")["Body"].read())
+    prefix = "nerflow/tiny-ner/run-1/"
+    assert {prefix + f["path"] for f in manifest["files"]} | {prefix + "manifest.json"} == set(keys(client, bucket))
+    assert {"model/model.safetensors", "model/README.md", "metrics.json", "settings.json"} <= {f["path"] for f in manifest["files"]}
+    for entry in manifest["files"]:
+        body = client.get_object(Bucket=bucket, Key=prefix + entry["path"])["Body"].read()
+        assert len(body) == entry["size"]
+
+    # Same run again: the manifest matches, nothing is uploaded.
+    before = client.get_object(Bucket=bucket, Key=prefix + "manifest.json")["LastModified"]
+    assert publish_to_s3(finished_run, "run-1", "tiny-ner", 0.5, settings, client, backoff_base_s=FAST)[1] is False
+    assert client.get_object(Bucket=bucket, Key=prefix + "manifest.json")["LastModified"] == before
+
+
+def test_s3_gate_skips_worse_and_publishes_better(finished_run, s3, tmp_path):
+    client, bucket = s3
+    settings = PublishSettings(targets=["s3"], s3_uri=f"s3://{bucket}/prod", require_improvement=True, min_f1=0.0)
+    base = copy_run(finished_run, tmp_path, "run-a", 0.50)
+    assert publish_run(base, settings, "tiny-ner", FAST).published
+    assert s3_published_f1(client, settings.s3_uri, "tiny-ner")[0] == pytest.approx(0.50)
+
+    worse = publish_run(copy_run(finished_run, tmp_path, "run-b", 0.45), settings, "tiny-ner", FAST)
+    assert not worse.published
+    assert not any("/run-b/" in k for k in keys(client, bucket))
+
+    better = publish_run(copy_run(finished_run, tmp_path, "run-c", 0.55), settings, "tiny-ner", FAST)
+    assert better.published and better.s3_uri.endswith("/tiny-ner/run-c/")
+    assert s3_published_f1(client, settings.s3_uri, "tiny-ner")[0] == pytest.approx(0.55)
+
+    floor = PublishSettings(targets=["s3"], s3_uri=f"s3://{bucket}/prod", min_f1=0.9)
+    below = publish_run(copy_run(finished_run, tmp_path, "run-d", 0.6), floor, "tiny-ner", FAST)
+    assert not below.published and "below the floor" in below.gate.reason
+
+
+def test_s3_missing_bucket_fails_with_what_to_fix(finished_run, s3):
+    client, _ = s3
+    settings = PublishSettings(targets=["s3"], s3_uri="s3://no-such-bucket-here/x")
+    with pytest.raises(PublishError, match="not found .*check publish.s3_uri"):
+        publish_to_s3(finished_run, "run-1", "tiny-ner", 0.5, settings, client, backoff_base_s=FAST)
+
+
+def test_cli_publishes_an_existing_run(finished_run, hub, s3, capsys):
+    from flows.cli import main
+
+    client, bucket = s3
+    code = main(["publish", str(finished_run), "--target", "hub", "--repo-id", "nerflow/cli", "--target", "s3", "--s3-uri", f"s3://{bucket}/cli"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"{hub.url}/nerflow/cli/commit/" in out and f"s3://{bucket}/cli/tiny-ner/run-1/" in out
+    assert "cli/tiny-ner/run-1/manifest.json" in keys(client, bucket)
+
+
+def test_secrets_never_reach_files_logs_or_artifacts(tiny_settings, hub, s3, monkeypatch):
+    """A full flow run publishing to the Hub (token from a Secret block) and S3 (keys from the
+    environment): the secrets are used, and appear in no file, log line or artifact of the run."""
+    from prefect import get_client
+    from prefect.blocks.system import Secret
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    from flows.finetune import finetune_ner
+
+    client, bucket = s3
+    Secret(value=HF_TOKEN).save("hf-token-test", overwrite=True)
+    monkeypatch.delenv("HF_TOKEN")  # the block must be the source
+    settings = tiny_settings(
+        train={"epochs": 1},
+        publish={
+            "targets": ["local", "hub", "s3"],
+            "hub_repo_id": "nerflow/secret-test",
+            "hf_token_block": "hf-token-test",
+            "s3_uri": f"s3://{bucket}/runs",
+        },
+    )
+    state = finetune_ner(settings=settings, return_state=True)
+    result = state.result()
+    assert result.published and "/nerflow/secret-test/commit/" in result.published_to
+    assert f"Bearer {HF_TOKEN}" in hub.authorizations  # the token was really used
+    assert any(k.endswith("/manifest.json") for k in keys(client, bucket))
+
+    secrets = [HF_TOKEN, AWS_KEY_ID, AWS_SECRET]
+    searched = 0
+    for root in (Path(settings.output_dir), Path(PREFECT_LOCAL_STORAGE_PATH.value())):
+        for path in (p for p in root.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            searched += 1
+            assert not any(secret.encode() in data for secret in secrets), path
+    assert searched > 10
+    for commit in hub.commits("nerflow/secret-test"):
+        assert not any(secret.encode() in blob for blob in commit.files.values() for secret in secrets)
+        assert not any(secret in commit.title + commit.message for secret in secrets)
+
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)  # logs are shipped in the background; make sure all arrived
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as prefect:
+        logs = prefect.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    text = "\n".join(log.message for log in logs) + "\n".join(f"{a.data} {a.description}" for a in artifacts)
+    assert "published to" in text and {"quality-gate", "hub-commit", "metrics-overall"} <= {a.key for a in artifacts}
+    assert not any(secret in text for secret in secrets)
