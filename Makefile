@@ -8,13 +8,17 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test install clean
+.PHONY: demo test serve install clean
 
 demo: $(VENV)/.installed-demo
 	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
 
 test: $(VENV)/.installed-test
 	$(OFFLINE) $(BIN)/python -m pytest
+
+# A local Prefect server (SQLite), the `gpu` process pool, the deployments and a worker; prints the UI.
+serve: $(VENV)/.installed-demo
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/nerflow serve --workdir work
 
 install: $(VENV)/.installed-demo
 
@@ -34,4 +38,4 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-demo
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs work .pytest_cache

@@ -1,4 +1,4 @@
-"""The `nerflow` command: train (runs the Prefect flow), publish a finished run, predict, show settings."""
+"""The `nerflow` command: train, publish, predict, settings; pool create, trigger and serve for deployments."""
 
 from __future__ import annotations
 
@@ -46,6 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--model-name", help="stable model name (S3 folder); default: from the run's settings")
     publish.add_argument("--hf-token-block", default="hf-token", help="Prefect Secret block with the Hub token")
     publish.add_argument("--aws-credentials-block", help="Prefect AwsCredentials block (default: AWS environment)")
+
+    pool = sub.add_parser("pool", help="work pools for the deployments")
+    pool_sub = pool.add_subparsers(dest="pool_command", required=True)
+    pool_create = pool_sub.add_parser("create", help="create the GPU work pool from deployments/pools/TYPE.json")
+    pool_create.add_argument("--type", dest="pool_type", choices=["process", "docker", "kubernetes"], required=True)
+    pool_create.add_argument("--name", default="gpu", help="pool name (the deployments use 'gpu')")
+    pool_create.add_argument("--working-dir", help="process pools: folder the flow runs start in (runs/ goes there)")
+    pool_create.add_argument("--overwrite", action="store_true", help="update the pool's template if it exists")
+
+    trigger = sub.add_parser("trigger", help="emit nerflow.dataset.updated for a dataset (as the watcher does)")
+    trigger.add_argument("dataset", help="dataset name of the event resource, e.g. wikiann-bn")
+    trigger.add_argument("--revision", help="the new revision, passed to the triggered run")
+
+    serve = sub.add_parser("serve", help="local Prefect server + gpu pool + deployments + worker (make serve)")
+    serve.add_argument("--port", type=int, default=4200)
+    serve.add_argument("--pool", default="gpu")
+    serve.add_argument("--prefect-file", default=None, help="default: deployments/prefect.yaml")
+    serve.add_argument("--workdir", default="work", help="where runs, logs and caches go")
+    serve.add_argument("--home", default=None, help="PREFECT_HOME for the server (default: Prefect's)")
 
     predict = sub.add_parser("predict", help="print the entities a trained model finds")
     predict.add_argument("model_dir", help="a run's model folder (RUN_DIR/model)")
@@ -114,6 +133,41 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pool_create(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flows.pools import create_pool
+
+    defaults = {"working_dir": str(Path(args.working_dir).resolve())} if args.working_dir else None
+    outcome = create_pool(args.name, args.pool_type, overwrite=args.overwrite, defaults=defaults)
+    print(f"work pool {args.name!r} ({args.pool_type}) {outcome}")
+    return 0
+
+
+def cmd_trigger(dataset: str, revision: str | None) -> int:
+    from prefect.events.worker import EventsWorker
+
+    from flows.watcher import emit_dataset_updated, resource_id
+
+    event = emit_dataset_updated(dataset, revision)
+    EventsWorker.drain_all()  # the event is sent in the background: make sure it left before exiting
+    if event is None:
+        print("nerflow: no Prefect API to send the event to (set PREFECT_API_URL)", file=sys.stderr)
+        return 1
+    print(f"emitted {event.event} for {resource_id(dataset)} (revision {revision}) as event {event.id}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flows.serve import DEFAULT_PREFECT_FILE, serve
+
+    prefect_file = Path(args.prefect_file) if args.prefect_file else DEFAULT_PREFECT_FILE
+    home = Path(args.home).resolve() if args.home else None
+    return serve(args.port, args.pool, prefect_file.resolve(), Path(args.workdir).resolve(), home)
+
+
 def cmd_predict(model_dir: str, texts: list[str], as_json: bool) -> int:
     from flows.predict import load_ner_pipeline, predict_entities
 
@@ -139,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_predict(args.model_dir, args.text, args.json)
         if args.command == "publish":
             return cmd_publish(args)
+        if args.command == "pool":
+            return cmd_pool_create(args)
+        if args.command == "trigger":
+            return cmd_trigger(args.dataset, args.revision)
+        if args.command == "serve":
+            return cmd_serve(args)
         if args.command == "settings" and args.schema:
             print(json.dumps(RunSettings.model_json_schema(), indent=2))
             return 0

@@ -77,7 +77,14 @@ def summary_markdown(result: RunResult) -> str:
 
 
 @flow(name="finetune_ner", description="Fine-tune a BERT-family model for NER: ingest, tokenize, train, evaluate, card, publish.")
-def finetune_ner(settings: RunSettings = RunSettings()) -> RunResult:  # noqa: B008 - pydantic default for the UI form
+def finetune_ner(
+    settings: RunSettings = RunSettings(),  # noqa: B008 - a pydantic default renders as the UI form
+    dataset_revision: str | None = None,
+) -> RunResult:
+    """`dataset_revision` overrides settings.dataset.revision: the dataset-update trigger passes the new
+    revision here without replacing the rest of the deployment's settings."""
+    if dataset_revision:
+        settings = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"revision": dataset_revision})})
     run_name = resolve_run_name(settings)
     run_dir = prepare_run_dir(settings, run_name)
     cache_dir = str(settings.resolved_cache_dir())

@@ -242,8 +242,11 @@ def _hub_dataset_revision(cfg: DatasetSettings) -> str:
     return cfg.revision or "unresolved"
 
 
-def download_s3_prefix(uri: str, dest_root: Path) -> tuple[Path, str]:
-    """Download the objects under s3://bucket/prefix; the revision is a hash of their keys and ETags."""
+def list_s3_prefix(uri: str) -> tuple[Any, str, list[tuple[str, str, str]], str]:
+    """(client, bucket, [(key, name, etag)], revision) of the files directly under s3://bucket/prefix.
+
+    The revision is a hash of the keys and ETags: it changes exactly when an object changes.
+    """
     import boto3
 
     m = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
@@ -260,12 +263,45 @@ def download_s3_prefix(uri: str, dest_root: Path) -> tuple[Path, str]:
     if not objects:
         raise DatasetValidationError([f"{uri}: no objects under this prefix"])
     revision = hashlib.sha256(json.dumps(sorted(objects)).encode()).hexdigest()[:16]
-    dest = dest_root / "s3" / bucket / (prefix or "_") / revision
+    return client, bucket, objects, f"s3-etags:{revision}"
+
+
+def download_s3_prefix(uri: str, dest_root: Path) -> tuple[Path, str]:
+    """Download the files under s3://bucket/prefix once per revision; returns (folder, revision)."""
+    client, bucket, objects, revision = list_s3_prefix(uri)
+    m = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
+    dest = dest_root / "s3" / bucket / (m.group(2).strip("/") or "_") / revision.split(":")[-1]
     if not dest.exists():
         with atomic_dir(dest) as tmp:
             for key, rel, _ in objects:
                 client.download_file(bucket, key, str(tmp / rel))
-    return dest, f"s3-etags:{revision}"
+    return dest, revision
+
+
+def local_files_revision(folder: Path) -> str:
+    """Content hash of the files directly in a dataset folder (names and bytes)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
+def source_revision(cfg: DatasetSettings) -> str:
+    """The dataset's current revision without loading it: Hub sha, S3 ETags hash or file content hash."""
+    if cfg.source.startswith("s3://"):
+        return list_s3_prefix(cfg.source)[3]
+    local = Path(cfg.source).expanduser()
+    if cfg.format != "hub" and local.is_dir():
+        return local_files_revision(local)
+    from huggingface_hub import HfApi
+
+    sha = HfApi().dataset_info(cfg.source, revision=cfg.revision).sha
+    if not sha:
+        raise RuntimeError(f"{cfg.source}: the Hub returned no revision")
+    return sha
 
 
 # -------------------------------------------------------------------------------------------- validation

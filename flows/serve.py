@@ -1,0 +1,120 @@
+"""`nerflow serve` (and `make serve`): a local Prefect server, the `gpu` pool, the deployments and a
+worker, so a user can start runs from the UI. Everything listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from flows.pools import create_pool
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+
+
+def prefect_cli() -> list[str]:
+    return [sys.executable, "-m", "prefect"]
+
+
+def wait_healthy(api_url: str, timeout_s: float = 120, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"no healthy Prefect server at {api_url} after {timeout_s:.0f} s")
+
+
+def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [*prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def deploy(prefect_file: Path, env: dict[str, str], cwd: Path = REPO) -> None:
+    subprocess.run(
+        [*prefect_cli(), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
+        env=env,
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def start_worker(pool: str, env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [*prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"],
+        env=env,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 15) -> int:
+    """TERM, wait; TERM again (a backgrounded Prefect worker ignores the first), wait; then KILL."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGTERM, grace_s / 2), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.wait()
+
+
+def serve(port: int, pool: str, prefect_file: Path, workdir: Path, home: Path | None) -> int:
+    """Start server, pool, deployments and worker; block until SIGINT/SIGTERM; stop them in order."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url}
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)
+    server = start_server(port, env, workdir / "server.log")
+    worker = None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        wait_healthy(api_url, proc=server)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            create_pool(pool, "process", overwrite=True, defaults={"working_dir": str(workdir)})
+        deploy(prefect_file, env)
+        worker = start_worker(pool, env, workdir / "worker.log", workdir)
+        print(f"Prefect UI: http://127.0.0.1:{port}", flush=True)
+        print(f"work pool {pool!r} (process) with a worker; runs write under {workdir}", flush=True)
+        print("deployments: finetune_ner/wikiann-bn, watch_dataset/wikiann-bn-watcher; Ctrl-C stops everything", flush=True)
+        while not stop.wait(1):
+            if server.poll() is not None:
+                print("the Prefect server stopped", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        stop_process(server)
