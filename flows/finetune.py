@@ -80,9 +80,10 @@ def summary_markdown(result: RunResult) -> str:
 def finetune_ner(
     settings: RunSettings = RunSettings(),  # noqa: B008 - a pydantic default renders as the UI form
     dataset_revision: str | None = None,
-) -> RunResult:
+) -> RunResult | None:
     """`dataset_revision` overrides settings.dataset.revision: the dataset-update trigger passes the new
-    revision here without replacing the rest of the deployment's settings."""
+    revision here without replacing the rest of the deployment's settings. Returns None on the
+    secondary nodes of a multi-node run, whose flow runs end after training."""
     if dataset_revision:
         settings = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"revision": dataset_revision})})
     run_name = resolve_run_name(settings)
@@ -92,6 +93,8 @@ def finetune_ner(
     dataset = ingest_task(settings.dataset, cache_dir)
     tokenized = tokenize_or_rebuild(dataset, settings.model, settings.tokenize, cache_dir)
     model = train_task(tokenized, settings.model, settings.train, settings.tracking, str(run_dir), run_name)
+    if model is None:  # a secondary node of a multi-node run: rank 0's node does the rest
+        return None
     evaluation = evaluate_task(model, tokenized, str(run_dir), settings.train.eval_batch_size)
     card = model_card_task(model, evaluation, dataset, tokenized, settings, run_name)
     publication = publish_task(str(run_dir), settings.publish, settings.resolved_model_name())

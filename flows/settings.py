@@ -152,6 +152,27 @@ class TrainSettings(_Section):
     )
     save_total_limit: int = Field(2, ge=1, le=100, description="Epoch checkpoints kept (the best is always kept).")
     logging_steps: int = Field(50, ge=1, description="Log the training loss every N optimiser steps.")
+    nproc_per_node: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Training processes per node. None: one per visible GPU (1 on a CPU). More than one "
+        "process in all launches the Trainer under torchrun (PyTorch DDP); batch_size stays per process.",
+    )
+    nnodes: int = Field(1, ge=1, le=1024, description="Nodes taking part in one training run (torchrun --nnodes).")
+    rdzv_endpoint: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d+$",
+        description="host:port of the c10d rendezvous (node 0) when nnodes > 1. The node rank is read from "
+        "NODE_RANK (or JOB_COMPLETION_INDEX on a Kubernetes indexed Job).",
+    )
+    rdzv_id: str | None = Field(None, description="Rendezvous id shared by the nodes of one run. None: the run name.")
+
+    @model_validator(mode="after")
+    def _multi_node(self) -> TrainSettings:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("train.rdzv_endpoint (host:port of node 0) is required when train.nnodes > 1")
+        return self
 
 
 class TrackingSettings(_Section):

@@ -110,6 +110,8 @@ def _callbacks_base():
                 self.loss = logs["loss"]
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
             metrics = metrics or {}
             _logger().info(
                 "epoch %.0f/%d | step %d/%d | train loss %s | val loss %.4f | val P %.4f R %.4f F1 %.4f",
@@ -209,8 +211,11 @@ def train_model(
     tracking: TrackingSettings,
     run_dir: Path,
     run_name: str,
-) -> ModelRef:
-    """Fine-tune, resuming from the run's last checkpoint if there is one; save the best model."""
+) -> ModelRef | None:
+    """Fine-tune, resuming from the run's last checkpoint if there is one; save the best model.
+
+    Under torchrun every process calls this; only rank 0 returns a ModelRef (the others None).
+    """
     import torch
     from transformers import (
         AutoModelForTokenClassification,
@@ -227,6 +232,7 @@ def train_model(
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     label_names = tokenized.label_names
     device, bf16, fp16 = choose_device(train.precision)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by torchrun
     set_seed(train.seed)
 
     data = load_tokenized(tokenized)
@@ -264,6 +270,8 @@ def train_model(
         fp16=fp16,
         use_cpu=device == "cpu",
         dataloader_pin_memory=device == "cuda",
+        ddp_backend="gloo" if device == "cpu" and distributed else None,
+        ddp_find_unused_parameters=False,
         report_to=["wandb"] if use_wandb else "none",
         disable_tqdm=True,
     )
@@ -291,10 +299,13 @@ def train_model(
             finish_wandb()
     runtime = time.perf_counter() - started
 
+    if not trainer.is_world_process_zero():
+        return None  # under DDP, rank 0 alone writes the model folder and the log
     model_dir = run_dir / MODEL_DIR
     with atomic_dir(model_dir, replace=True) as tmp:
         trainer.save_model(str(tmp))  # the best epoch's weights (load_best_model_at_end), tokenizer included
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; settings.json says the same in JSON
+    _logger().info("saved model to %s", model_dir)
     epochs = epoch_table(trainer.state.log_history)
     best = trainer.state.best_model_checkpoint
     atomic_write_json(run_dir / "train_log.json", trainer.state.log_history)
@@ -329,10 +340,20 @@ def train_task(
     tracking: TrackingSettings,
     run_dir: str,
     run_name: str,
-) -> ModelRef:
-    """Train on the GPU when there is one; a retry resumes from the last epoch checkpoint."""
-    ref = train_model(tokenized, model, train, tracking, Path(run_dir), run_name)
-    get_run_logger().info(
+) -> ModelRef | None:
+    """Train on the GPU when there is one (several processes: torchrun); a retry resumes from the last
+    epoch checkpoint."""
+    from tasks.distributed import launch_distributed, world_size
+
+    logger = get_run_logger()
+    if world_size(train) > 1:
+        ref = launch_distributed(tokenized, model, train, tracking, Path(run_dir), run_name, logger.info)
+    else:
+        ref = train_model(tokenized, model, train, tracking, Path(run_dir), run_name)
+    if ref is None:
+        logger.info("training done on this node; the node holding rank 0 evaluates and publishes")
+        return None
+    logger.info(
         "trained on %s (%s) in %.1f s; best validation F1 %s%s",
         ref.device,
         ref.precision,

@@ -71,6 +71,29 @@ def build_tiny_bert(folder: Path, vocab_size: int = 600) -> Path:
     return folder
 
 
+PEOPLE = ["John", "David", "Peter", "Maria", "Anna", "George"]
+PLACES = ["London", "Paris", "Berlin", "Texas", "India", "Canada"]
+VERBS = ["lives", "works", "stays"]
+
+
+def synthetic_rows(n: int, seed: int) -> list[dict]:
+    """'<person> <verb> in <place> .' sentences: a pattern a tiny model learns to near-perfect F1."""
+    import random
+
+    rng = random.Random(seed)
+    return [
+        {"tokens": [rng.choice(PEOPLE), rng.choice(VERBS), "in", rng.choice(PLACES), "."], "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"]}
+        for _ in range(n)
+    ]
+
+
+def write_synthetic_dataset(folder: Path, n_train: int = 160) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("validation", 20, 1), ("test", 20, 2)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(n, seed)))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -2,32 +2,16 @@
 and `nerflow predict` must print the entities it finds."""
 
 import json
-import random
 
 from tasks.evaluate import evaluate_model
 from tasks.ingest import ingest_dataset
 from tasks.tokenize import tokenize_dataset
 from tasks.train import train_model
 
-PEOPLE = ["John", "David", "Peter", "Maria", "Anna", "George"]
-PLACES = ["London", "Paris", "Berlin", "Texas", "India", "Canada"]
-VERBS = ["lives", "works", "stays"]
-
-
-def synthetic_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        tokens = [rng.choice(PEOPLE), rng.choice(VERBS), "in", rng.choice(PLACES), "."]
-        rows.append({"tokens": tokens, "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"]})
-    return rows
-
+from conftest import write_synthetic_dataset
 
 def test_tiny_bert_learns_and_predict_prints_entities(tiny_settings, tmp_path, capsys):
-    folder = tmp_path / "synthetic"
-    folder.mkdir()
-    for split, n, seed in (("train", 160, 0), ("validation", 20, 1), ("test", 20, 2)):
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(n, seed)))
+    folder = write_synthetic_dataset(tmp_path / "synthetic")
     s = tiny_settings(
         dataset={"source": str(folder), "max_train_samples": None, "max_eval_samples": None},
         train={"epochs": 6, "learning_rate": 5e-3, "batch_size": 8},

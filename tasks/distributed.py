@@ -1,0 +1,124 @@
+"""Training on several processes (GPUs, nodes) through torchrun and PyTorch DDP.
+
+The training task stays the same function: with more than one process it writes a small job file,
+starts `torchrun ... -m tasks.distributed JOB` in a subprocess, streams its output into the Prefect
+run log and reads back the `ModelRef` that rank 0 wrote. The Trainer does the distributed work
+(DistributedSampler, gradient all-reduce, rank-0-only checkpoints); rank 0 alone writes the model
+folder and the training log, and W&B logs once (the Trainer reports from the main process only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from flows.settings import ModelSettings, TrackingSettings, TrainSettings
+from tasks.storage import atomic_write_json
+from tasks.tokenize import TokenizedRef
+
+JOB_FILE = ".distributed-job.json"
+RESULT_FILE = ".distributed-result.json"
+
+
+def processes_per_node(train: TrainSettings) -> int:
+    if train.nproc_per_node:
+        return train.nproc_per_node
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def world_size(train: TrainSettings) -> int:
+    return processes_per_node(train) * train.nnodes
+
+
+def node_rank() -> str | None:
+    return os.environ.get("NODE_RANK") or os.environ.get("JOB_COMPLETION_INDEX")
+
+
+def torchrun_command(train: TrainSettings, run_name: str, job_file: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes_per_node(train)}"]
+    if train.nnodes == 1:
+        cmd.append("--standalone")  # a private rendezvous on a free local port
+    else:
+        cmd += [
+            f"--nnodes={train.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={train.rdzv_endpoint}",
+            f"--rdzv-id={train.rdzv_id or run_name}",
+        ]
+        if (rank := node_rank()) is not None:
+            cmd.append(f"--node-rank={rank}")
+    return cmd + ["-m", "tasks.distributed", str(job_file)]
+
+
+def launch_distributed(
+    tokenized: TokenizedRef,
+    model: ModelSettings,
+    train: TrainSettings,
+    tracking: TrackingSettings,
+    run_dir: Path,
+    run_name: str,
+    log_line: Callable[[str], None] = print,
+):
+    """Run train_model under torchrun; return rank 0's ModelRef."""
+    from tasks.train import ModelRef
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = {
+        "tokenized": tokenized.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+        "train": train.model_dump(mode="json"),
+        "tracking": tracking.model_dump(mode="json"),
+        "run_dir": str(run_dir.resolve()),
+        "run_name": run_name,
+    }
+    job_file = atomic_write_json(run_dir / JOB_FILE, job)
+    result_file = run_dir / RESULT_FILE
+    result_file.unlink(missing_ok=True)
+    cmd = torchrun_command(train, run_name, job_file)
+    log_line("launching: " + " ".join(cmd[1:]))
+    # Same process group: killing the task (or its parent) takes the training processes with it.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log_line(line.rstrip())
+    code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"distributed training failed: torchrun exited with code {code}")
+    if node_rank() not in (None, "0"):
+        return None  # only the first node holds rank 0's result
+    return ModelRef.model_validate_json(result_file.read_text(encoding="utf-8"))
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of each torchrun process."""
+    from tasks.train import train_model
+
+    rank = int(os.environ.get("RANK", "0"))
+    # force: importing Prefect already configured handlers that would swallow these lines.
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s", force=True
+    )
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    ref = train_model(
+        TokenizedRef.model_validate(job["tokenized"]),
+        ModelSettings.model_validate(job["model"]),
+        TrainSettings.model_validate(job["train"]),
+        TrackingSettings.model_validate(job["tracking"]),
+        Path(job["run_dir"]),
+        job["run_name"],
+    )
+    if ref is not None:
+        atomic_write_json(Path(job["run_dir"]) / RESULT_FILE, ref.model_dump(mode="json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

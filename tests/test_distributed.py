@@ -1,0 +1,118 @@
+"""Two training processes under torchrun with the gloo backend (CPU): DDP through the Trainer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_synthetic_dataset
+from flows.settings import RunSettings
+from tasks.distributed import JOB_FILE, launch_distributed, torchrun_command
+from tasks.evaluate import evaluate_model
+from tasks.ingest import ingest_dataset
+from tasks.storage import atomic_write_json
+from tasks.tokenize import tokenize_dataset
+from tasks.train import train_model
+
+# Same seed and effective batch (16 = 1 x 16 = 2 x 8); sampling order differs between a random and a
+# distributed sampler, so the scores may differ a little: this is the tolerance we hold DDP to.
+F1_TOLERANCE = 0.05
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (torchrun starts its workers in sessions of their own)."""
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            children = (task / "children").read_text().split() if (task / "children").exists() else []
+            queue.extend(int(c) for c in children)
+    return tree
+
+
+def settings_for(tmp_path: Path, tiny_bert: Path, **train) -> RunSettings:
+    data = write_synthetic_dataset(tmp_path / "synthetic", n_train=192)
+    return RunSettings.model_validate(
+        {
+            "dataset": {"source": str(data)},
+            "model": {"checkpoint": str(tiny_bert)},
+            "tokenize": {"max_length": 32},
+            "train": {"epochs": 6, "learning_rate": 5e-3, "seed": 7, **train},
+            "output_dir": str(tmp_path / "runs"),
+        }
+    )
+
+
+def test_two_processes_match_one_with_the_same_effective_batch(tmp_path, tiny_bert):
+    single = settings_for(tmp_path, tiny_bert, batch_size=16)
+    ddp = settings_for(tmp_path, tiny_bert, batch_size=8, nproc_per_node=2)
+    dataset = ingest_dataset(single.dataset, single.resolved_cache_dir())
+    tokenized = tokenize_dataset(dataset, single.model, single.tokenize, single.resolved_cache_dir())
+
+    one = train_model(tokenized, single.model, single.train, single.tracking, tmp_path / "runs" / "one", "one")
+    lines: list[str] = []
+    started = time.perf_counter()
+    two = launch_distributed(tokenized, ddp.model, ddp.train, ddp.tracking, tmp_path / "runs" / "two", "two", lines.append)
+    elapsed = time.perf_counter() - started
+    print(f"two-process training took {elapsed:.1f} s")
+
+    assert any("--nproc-per-node=2" in line for line in lines)
+    assert sum("saved model to" in line for line in lines) == 1  # rank 0 only
+    run_two = tmp_path / "runs" / "two"
+    assert sorted(p.name for p in run_two.iterdir() if p.name.startswith("model") or ".model" in p.name) == ["model"]
+    assert (run_two / "model" / "model.safetensors").is_file() and (run_two / "train_log.json").is_file()
+    # 192 sentences / (2 processes x 8) = 12 optimiser steps per epoch, as with 1 x 16.
+    assert [p.name for p in sorted((run_two / "checkpoints").glob("checkpoint-*"))][-1] == "checkpoint-72"
+
+    f1_one = evaluate_model(one, tokenized, tmp_path / "runs" / "one").test["f1"]
+    f1_two = evaluate_model(two, tokenized, run_two).test["f1"]
+    assert f1_one > 0.9 and f1_two > 0.9
+    assert abs(f1_one - f1_two) <= F1_TOLERANCE, (f1_one, f1_two)
+
+
+def test_ddp_run_killed_after_its_first_checkpoint_resumes(tmp_path, tiny_bert):
+    s = settings_for(tmp_path, tiny_bert, batch_size=4, epochs=3, nproc_per_node=2)
+    s = s.model_copy(update={"dataset": s.dataset.model_copy(update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))})})
+    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
+    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
+    run_dir = tmp_path / "runs" / "killed"
+    run_dir.mkdir(parents=True)
+    job = atomic_write_json(
+        run_dir / JOB_FILE,
+        {
+            "tokenized": tokenized.model_dump(mode="json"),
+            "model": s.model.model_dump(mode="json"),
+            "train": s.train.model_dump(mode="json"),
+            "tracking": s.tracking.model_dump(mode="json"),
+            "run_dir": str(run_dir),
+            "run_name": "killed",
+        },
+    )
+    proc = subprocess.Popen(
+        torchrun_command(s.train, "killed", job), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+            assert proc.poll() is None, "training ended before its first checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for pid in process_tree(proc.pid):  # torchrun and both training processes, as a lost node would
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not (run_dir / "model").exists()
+    killed_at = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1].name
+
+    lines: list[str] = []
+    ref = launch_distributed(tokenized, s.model, s.train, s.tracking, run_dir, "killed", lines.append)
+    assert ref.resumed_from == killed_at
+    assert any("resuming training from" in line for line in lines)
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert [round(e["epoch"]) for e in ref.epochs] == [1, 2, 3]
