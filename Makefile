@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test serve install clean
+.PHONY: demo test serve bench install clean
 
 demo: $(VENV)/.installed-demo
 	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
@@ -19,6 +19,12 @@ test: $(VENV)/.installed-test
 # A local Prefect server (SQLite), the `gpu` process pool, the deployments and a worker; prints the UI.
 serve: $(VENV)/.installed-demo
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/nerflow serve --workdir work
+
+# Benchmarks 1-3 at small sizes (about 6 minutes here); bench/README.md has the full-size commands.
+bench: $(VENV)/.installed-demo
+	$(OFFLINE) $(BIN)/python -m bench.quality --train-size 1000 --epochs 1 --test-size 2000 --json bench/results/quality-small.json
+	$(OFFLINE) $(BIN)/python -m bench.speed --train-size 2000 --epochs 1 --val-size 500 --json bench/results/speed-small.json
+	$(OFFLINE) $(BIN)/python -m bench.orchestration --train-size 500 --epochs 1 --json bench/results/orchestration-small.json
 
 install: $(VENV)/.installed-demo
 

@@ -20,8 +20,10 @@ from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.publish import publish_task
 from tasks.storage import atomic_write_json
-from tasks.tokenize import tokenize_or_rebuild
-from tasks.train import train_task
+from tasks.caching import adopt_outputs, cached_or_rebuilt
+from tasks.evaluate import metrics_exist
+from tasks.tokenize import tokenize_task, tokenized_exists
+from tasks.train import model_exists, train_task
 
 
 class RunResult(BaseModel):
@@ -37,6 +39,8 @@ class RunResult(BaseModel):
     validation_f1: float
     dataset_fingerprint: str
     resumed_from: str | None
+    reused_model_from: str | None
+    widget_predictions: list[dict] = []
     published: bool
     published_to: str
     gate: str
@@ -61,6 +65,13 @@ def prepare_run_dir(settings: RunSettings, run_name: str) -> Path:
 
 
 def summary_markdown(result: RunResult) -> str:
+    examples = ["", "## Widget examples: entities the new model finds", "", "| text | entities |", "|---|---|"] + [
+        "| {} | {} |".format(
+            p["text"].replace("|", "\\|"),
+            ", ".join(f"{e['text']} ({e['entity']}, {e['score']:.2f})" for e in p["entities"]) or "(none)",
+        )
+        for p in result.widget_predictions
+    ]
     return "\n".join(
         [
             f"# nerflow run `{result.run_name}`",
@@ -73,6 +84,8 @@ def summary_markdown(result: RunResult) -> str:
             f"- Published: {'yes, ' + result.published_to if result.published else 'no'} ({result.gate})",
         ]
         + ([f"- Training resumed from `{result.resumed_from}`"] if result.resumed_from else [])
+        + ([f"- Model reused (cached) from `{result.reused_model_from}`"] if result.reused_model_from else [])
+        + (examples if result.widget_predictions else [])
     )
 
 
@@ -91,11 +104,15 @@ def finetune_ner(
     cache_dir = str(settings.resolved_cache_dir())
 
     dataset = ingest_task(settings.dataset, cache_dir)
-    tokenized = tokenize_or_rebuild(dataset, settings.model, settings.tokenize, cache_dir)
-    model = train_task(tokenized, settings.model, settings.train, settings.tracking, str(run_dir), run_name)
+    tokenized = cached_or_rebuilt(tokenize_task, tokenized_exists, dataset, settings.model, settings.tokenize, cache_dir)
+    train = train_task if settings.train.reuse_cached_model else train_task.with_options(refresh_cache=True)
+    model = cached_or_rebuilt(
+        train, model_exists, tokenized, settings.model, settings.train, settings.tracking, str(run_dir), run_name
+    )
     if model is None:  # a secondary node of a multi-node run: rank 0's node does the rest
         return None
-    evaluation = evaluate_task(model, tokenized, str(run_dir), settings.train.eval_batch_size)
+    evaluation = cached_or_rebuilt(evaluate_task, metrics_exist, model, tokenized, str(run_dir), settings.train.eval_batch_size)
+    model, evaluation = adopt_outputs(run_dir, model, evaluation)  # cache hits may point to an earlier run
     card = model_card_task(model, evaluation, dataset, tokenized, settings, run_name)
     publication = publish_task(str(run_dir), settings.publish, settings.resolved_model_name())
 
@@ -112,6 +129,8 @@ def finetune_ner(
         validation_f1=evaluation.word_level["validation"]["f1"],
         dataset_fingerprint=dataset.fingerprint,
         resumed_from=model.resumed_from,
+        reused_model_from=model.reused_from,
+        widget_predictions=card.widget_predictions,
         published=publication.published,
         published_to=publication.location(),
         gate=publication.gate.reason,

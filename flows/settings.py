@@ -152,6 +152,11 @@ class TrainSettings(_Section):
     )
     save_total_limit: int = Field(2, ge=1, le=100, description="Epoch checkpoints kept (the best is always kept).")
     logging_steps: int = Field(50, ge=1, description="Log the training loss every N optimiser steps.")
+    reuse_cached_model: bool = Field(
+        True,
+        description="Reuse the model of an earlier run with identical data, tokenizer, checkpoint and "
+        "training settings (Prefect cache) instead of training again; false always trains.",
+    )
     nproc_per_node: int | None = Field(
         None,
         ge=1,

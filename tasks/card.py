@@ -8,7 +8,9 @@ loads it back and checks it without a network.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -75,6 +77,10 @@ Per entity type (test):
 {% for row in per_entity -%}
 | {{ row.entity }} | {{ "%.4f"|format(row.precision) }} | {{ "%.4f"|format(row.recall) }} | {{ "%.4f"|format(row.f1) }} | {{ row.support }} |
 {% endfor %}
+{% if confusion_image -%}
+![Confusion of entity types on the test split (words)]({{ confusion_image }})
+
+{% endif -%}
 Subword-level F1 as the tutorial computes it (test: {{ "%.4f"|format(subword_f1.test) }}): {{ subword_note }}.
 
 ## Training data
@@ -98,6 +104,10 @@ Subword-level F1 as the tutorial computes it (test: {{ "%.4f"|format(subword_f1.
 | {{ e.epoch }} | {{ e.train_loss if e.train_loss is not none else "n/a" }} | {{ "%.4f"|format(e.eval_loss) if e.eval_loss is not none else "n/a" }} | {{ "%.4f"|format(e.val_f1) }} |
 {% endfor %}
 {%- endif %}
+{% if curves_image -%}
+![Training loss and validation F1 per epoch]({{ curves_image }})
+
+{% endif -%}
 {% if warnings -%}
 Tokenization warnings:
 {% for w in warnings %}
@@ -138,6 +148,9 @@ ALIGNMENT_TEXT = {
 class CardRef(BaseModel):
     path: str
     widget_examples: list[str]
+    images: list[str] = []
+    widget_predictions: list[dict[str, Any]] = []
+    """Entities the new model finds in each widget example (filled by the task)."""
 
 
 def widget_examples(settings: RunSettings, dataset: DatasetRef) -> list[str]:
@@ -173,6 +186,7 @@ def build_card(
     tokenized: TokenizedRef,
     settings: RunSettings,
     run_name: str,
+    images: dict[str, str] | None = None,
 ):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -239,6 +253,8 @@ def build_card(
         language_name=language or "the training data's language",
         versions=_versions(),
         run_name=run_name,
+        curves_image=(images or {}).get("curves"),
+        confusion_image=(images or {}).get("confusion"),
     )
 
 
@@ -262,6 +278,27 @@ def check_card(path: Path) -> list[str]:
     return problems
 
 
+def draw_pictures(model: ModelRef, evaluation: EvaluationRef) -> dict[str, str]:
+    """Training curves and the test confusion matrix as PNG files in the model folder."""
+    from tasks.plots import CONFUSION_MATRIX, TRAINING_CURVES, confusion_png, training_curves_png
+
+    model_dir = Path(model.path)
+    images = {}
+    log_path = Path(model.run_dir) / "train_log.json"
+    if log_path.is_file():
+        training_curves_png(json.loads(log_path.read_text(encoding="utf-8")), model_dir / TRAINING_CURVES)
+        images["curves"] = TRAINING_CURVES
+    if evaluation.test_confusion.get("matrix"):
+        confusion_png(
+            evaluation.test_confusion["labels"],
+            evaluation.test_confusion["matrix"],
+            model_dir / CONFUSION_MATRIX,
+            "Test words: gold vs predicted entity type",
+        )
+        images["confusion"] = CONFUSION_MATRIX
+    return images
+
+
 def render_model_card(
     model: ModelRef,
     evaluation: EvaluationRef,
@@ -270,13 +307,21 @@ def render_model_card(
     settings: RunSettings,
     run_name: str,
 ) -> CardRef:
-    card = build_card(model, evaluation, dataset, tokenized, settings, run_name)
+    images = draw_pictures(model, evaluation)
+    card = build_card(model, evaluation, dataset, tokenized, settings, run_name, images)
     path = atomic_write_text(Path(model.path) / "README.md", str(card))
     problems = check_card(path)
     if problems:
         raise ValueError(f"model card {path} is invalid: " + "; ".join(problems))
     widget = [w["text"] for w in card.data.to_dict()["widget"]]
-    return CardRef(path=str(path), widget_examples=widget)
+    return CardRef(path=str(path), widget_examples=widget, images=sorted(images.values()))
+
+
+def widget_predictions(model_dir: str, examples: list[str]) -> list[dict[str, Any]]:
+    from flows.predict import load_ner_pipeline, predict_entities
+
+    found = predict_entities(load_ner_pipeline(model_dir), examples)
+    return [{"text": text, "entities": entities} for text, entities in zip(examples, found)]
 
 
 @task(name="model-card", cache_policy=NO_CACHE)
@@ -289,6 +334,7 @@ def model_card_task(
     run_name: str,
 ) -> CardRef:
     ref = render_model_card(model, evaluation, dataset, tokenized, settings, run_name)
-    get_run_logger().info("model card written to %s", ref.path)
+    ref.widget_predictions = widget_predictions(model.path, ref.widget_examples)
+    get_run_logger().info("model card written to %s (with %s)", ref.path, ", ".join(ref.images) or "no pictures")
     return ref
 

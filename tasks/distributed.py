@@ -65,6 +65,7 @@ def launch_distributed(
     run_dir: Path,
     run_name: str,
     log_line: Callable[[str], None] = print,
+    progress_artifact_id: str | None = None,
 ):
     """Run train_model under torchrun; return rank 0's ModelRef."""
     from tasks.train import ModelRef
@@ -78,6 +79,7 @@ def launch_distributed(
         "tracking": tracking.model_dump(mode="json"),
         "run_dir": str(run_dir.resolve()),
         "run_name": run_name,
+        "progress_artifact_id": progress_artifact_id,  # rank 0 updates it through the Prefect API
     }
     job_file = atomic_write_json(run_dir / JOB_FILE, job)
     result_file = run_dir / RESULT_FILE
@@ -114,6 +116,7 @@ def main(argv: list[str]) -> int:
         TrackingSettings.model_validate(job["tracking"]),
         Path(job["run_dir"]),
         job["run_name"],
+        job.get("progress_artifact_id"),
     )
     if ref is not None:
         atomic_write_json(Path(job["run_dir"]) / RESULT_FILE, ref.model_dump(mode="json"))

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
-from tasks.metrics import seqeval_scores, subword_level_sequences, word_level_sequences
+from tasks.caching import file_identity, fingerprint
+from tasks.metrics import seqeval_scores, subword_level_sequences, type_confusion, word_level_sequences
 from tasks.storage import atomic_write_json
 from tasks.tokenize import TokenizedRef, load_tokenized
 from tasks.train import ModelRef, choose_device
@@ -36,6 +37,8 @@ class EvaluationRef(BaseModel):
     path: str
     word_level: dict[str, dict[str, Any]]
     subword_level_tutorial_f1: dict[str, float]
+    test_confusion: dict[str, Any]
+    """Word counts by gold and predicted entity type on the test split (B-/I- merged)."""
 
     @property
     def test(self) -> dict[str, Any]:
@@ -75,11 +78,15 @@ def evaluate_model(model: ModelRef, tokenized: TokenizedRef, run_dir: Path, batc
     names = tokenized.label_names
     word_level: dict[str, dict[str, Any]] = {}
     subword_f1: dict[str, float] = {}
+    confusion: dict[str, Any] = {}
     for split_name in EVAL_SPLITS:
         split = data[split_name]
         predictions = predict_label_ids(model.path, split, batch_size)
         word_ids, word_labels = list(split["word_ids"]), list(split["word_labels"])
-        word_level[split_name] = seqeval_scores(*word_level_sequences(predictions, word_ids, word_labels, names))
+        y_true, y_pred = word_level_sequences(predictions, word_ids, word_labels, names)
+        word_level[split_name] = seqeval_scores(y_true, y_pred)
+        if split_name == "test":
+            confusion = type_confusion(y_true, y_pred, names)
         word_level[split_name]["sentences"] = len(split)
         subword_f1[split_name] = seqeval_scores(*subword_level_sequences(predictions, word_ids, word_labels, names))["f1"]
     metrics = {
@@ -89,9 +96,10 @@ def evaluate_model(model: ModelRef, tokenized: TokenizedRef, run_dir: Path, batc
         "subword_level_note": SUBWORD_NOTE,
         "alignment": tokenized.alignment,
         "label_names": names,
+        "test_confusion": confusion,
     }
     path = atomic_write_json(Path(run_dir) / "metrics.json", metrics)
-    return EvaluationRef(path=str(path), word_level=word_level, subword_level_tutorial_f1=subword_f1)
+    return EvaluationRef(path=str(path), word_level=word_level, subword_level_tutorial_f1=subword_f1, test_confusion=confusion)
 
 
 def overall_table(ev: EvaluationRef) -> list[dict[str, Any]]:
@@ -116,7 +124,18 @@ def per_entity_table(ev: EvaluationRef, split: str = "test") -> list[dict[str, A
     ]
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+def metrics_exist(ref: EvaluationRef) -> bool:
+    return Path(ref.path).is_file()
+
+
+def _evaluate_cache_key(context, inputs: dict[str, Any]) -> str:
+    model: ModelRef = inputs["model"]
+    weights = Path(model.path) / "model.safetensors"
+    identity = file_identity(weights) if weights.is_file() else "missing"
+    return "evaluate-" + fingerprint("nerflow-evaluate-v2", str(Path(model.path).resolve()), identity, inputs["tokenized"].cache_key)
+
+
+@task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_evaluate_cache_key), persist_result=True)
 def evaluate_task(model: ModelRef, tokenized: TokenizedRef, run_dir: str, batch_size: int = 64) -> EvaluationRef:
     ev = evaluate_model(model, tokenized, Path(run_dir), batch_size)
     test = ev.test

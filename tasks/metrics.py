@@ -78,3 +78,18 @@ def seqeval_scores(y_true: list[list[str]], y_pred: list[list[str]]) -> dict[str
         "support": int(overall["support"]),
         "per_entity": per_entity,
     }
+
+
+def entity_type(tag: str) -> str:
+    return "O" if tag == "O" else tag[2:]
+
+
+def type_confusion(y_true: list[list[str]], y_pred: list[list[str]], label_names: Sequence[str]) -> dict[str, Any]:
+    """Word counts by (gold entity type, predicted entity type), B-/I- merged; O first."""
+    types = ["O"] + sorted({entity_type(n) for n in label_names if n != "O"})
+    index = {t: i for i, t in enumerate(types)}
+    matrix = [[0] * len(types) for _ in types]
+    for gold, pred in zip(y_true, y_pred):
+        for g, p in zip(gold, pred):
+            matrix[index[entity_type(g)]][index[entity_type(p)]] += 1
+    return {"labels": types, "matrix": matrix}

@@ -306,12 +306,3 @@ def tokenize_task(dataset: DatasetRef, model: ModelSettings, settings: TokenizeS
     for warning in ref.warnings:
         logger.warning(warning)
     return ref
-
-
-def tokenize_or_rebuild(dataset: DatasetRef, model: ModelSettings, settings: TokenizeSettings, cache_dir: str) -> TokenizedRef:
-    """Run the cached task; if its cached reference points to a folder that was deleted, rebuild it."""
-    ref = tokenize_task(dataset, model, settings, cache_dir)
-    if not tokenized_exists(ref):
-        get_run_logger().warning("cached tokenized dataset %s is gone from disk; rebuilding", ref.path)
-        ref = tokenize_task.with_options(refresh_cache=True)(dataset, model, settings, cache_dir)
-    return ref

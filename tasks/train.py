@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.artifacts import create_progress_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from flows.settings import ModelSettings, TrackingSettings, TrainSettings
 from tasks.metrics import seqeval_scores, word_level_sequences
+from tasks.caching import fingerprint
 from tasks.retry import unless_bad_input
 from tasks.secrets import resolve_secret
 from tasks.storage import atomic_dir, atomic_write_json
@@ -44,6 +46,8 @@ class ModelRef(BaseModel):
     train_samples_per_second: float | None
     epochs: list[dict[str, Any]]
     """One row per evaluated epoch: epoch, train loss, validation precision/recall/F1."""
+    reused_from: str | None = None
+    """Run folder this model was trained in, when a cache hit reused an earlier run's model."""
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -134,6 +138,35 @@ def build_callbacks() -> list:
     return [_callbacks_base()()]
 
 
+def progress_callback(artifact_id: str):
+    """Keeps a Prefect progress artifact at the share of training steps done (rank 0 only)."""
+    from prefect.artifacts import update_progress_artifact
+    from transformers import TrainerCallback
+
+    class ProgressArtifactCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.reported = -1.0
+
+        def _report(self, state, force: bool = False) -> None:
+            if not state.is_world_process_zero or not state.max_steps:
+                return
+            share = state.global_step / state.max_steps
+            if force or share - self.reported >= 0.02:
+                try:
+                    update_progress_artifact(artifact_id, progress=round(100 * share, 1))
+                    self.reported = share
+                except Exception as e:  # progress is informative; never fail training over it
+                    log.debug("progress update failed: %s", type(e).__name__)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._report(state)
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self._report(state, force=True)
+
+    return ProgressArtifactCallback()
+
+
 def _make_trainer_class():
     from torch.utils.data import SequentialSampler
     from transformers import Trainer
@@ -204,6 +237,52 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
+def training_arguments(
+    train: TrainSettings,
+    checkpoint_dir: Path,
+    run_name: str,
+    device: str,
+    bf16: bool,
+    fp16: bool,
+    distributed: bool = False,
+    use_wandb: bool = False,
+):
+    """nerflow's Trainer settings (also used by bench/gpu.py, so the benchmark measures these)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        run_name=run_name,
+        learning_rate=train.learning_rate,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        num_train_epochs=train.epochs,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_steps,
+        seed=train.seed,
+        data_seed=train.seed,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=train.logging_steps,
+        load_best_model_at_end=True,
+        metric_for_best_model="f1",
+        greater_is_better=True,
+        save_total_limit=train.save_total_limit,
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        optim="adamw_torch_fused",
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=device == "cpu",
+        dataloader_pin_memory=device == "cuda",
+        ddp_backend="gloo" if device == "cpu" and distributed else None,
+        ddp_find_unused_parameters=False,
+        report_to=["wandb"] if use_wandb else "none",
+        disable_tqdm=True,
+    )
+
+
 def train_model(
     tokenized: TokenizedRef,
     model: ModelSettings,
@@ -211,6 +290,7 @@ def train_model(
     tracking: TrackingSettings,
     run_dir: Path,
     run_name: str,
+    progress_artifact_id: str | None = None,
 ) -> ModelRef | None:
     """Fine-tune, resuming from the run's last checkpoint if there is one; save the best model.
 
@@ -221,7 +301,6 @@ def train_model(
         AutoModelForTokenClassification,
         DataCollatorForTokenClassification,
         PrinterCallback,
-        TrainingArguments,
         set_seed,
     )
     from transformers.utils import logging as hf_logging
@@ -245,36 +324,7 @@ def train_model(
         label2id={n: i for i, n in enumerate(label_names)},
     )
     use_wandb = configure_wandb(tracking, run_dir, run_name)
-    args = TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        run_name=run_name,
-        learning_rate=train.learning_rate,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.eval_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        num_train_epochs=train.epochs,
-        weight_decay=train.weight_decay,
-        warmup_steps=train.warmup_steps,
-        seed=train.seed,
-        data_seed=train.seed,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        logging_strategy="steps",
-        logging_steps=train.logging_steps,
-        load_best_model_at_end=True,
-        metric_for_best_model="f1",
-        greater_is_better=True,
-        save_total_limit=train.save_total_limit,
-        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=device == "cpu",
-        dataloader_pin_memory=device == "cuda",
-        ddp_backend="gloo" if device == "cpu" and distributed else None,
-        ddp_find_unused_parameters=False,
-        report_to=["wandb"] if use_wandb else "none",
-        disable_tqdm=True,
-    )
+    args = training_arguments(train, checkpoint_dir, run_name, device, bf16, fp16, distributed, use_wandb)
     collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if device == "cuda" else None)
     trainer = _make_trainer_class()(
         model=network,
@@ -285,7 +335,7 @@ def train_model(
         data_collator=collator,
         compute_metrics=make_compute_metrics(data["validation"], label_names),
         preprocess_logits_for_metrics=argmax_logits,
-        callbacks=build_callbacks(),
+        callbacks=build_callbacks() + ([progress_callback(progress_artifact_id)] if progress_artifact_id else []),
     )
     trainer.remove_callback(PrinterCallback)  # EpochLogCallback already logs through Prefect
     resume = last_checkpoint(checkpoint_dir)
@@ -327,8 +377,27 @@ def train_model(
     )
 
 
+def model_exists(ref: ModelRef | None) -> bool:
+    return ref is None or (Path(ref.path) / "config.json").is_file()
+
+
+def _train_cache_key(context, inputs: dict[str, Any]) -> str:
+    # Same data, tokenizer, checkpoint and training settings under the same output root: same model.
+    # The run name is not part of it, so a re-run reuses the earlier run's model.
+    return "train-" + fingerprint(
+        "nerflow-train-v1",
+        inputs["tokenized"].cache_key,
+        inputs["model"],
+        inputs["train"].model_dump(mode="json", exclude={"reuse_cached_model"}),
+        inputs["tracking"],
+        str(Path(inputs["run_dir"]).resolve().parent),
+    )
+
+
 @task(
-    name="train", cache_policy=NO_CACHE,
+    name="train",
+    cache_policy=CacheKeyFnPolicy(cache_key_fn=_train_cache_key),
+    persist_result=True,
     retries=1,
     retry_delay_seconds=10,
     retry_condition_fn=unless_bad_input,
@@ -346,10 +415,11 @@ def train_task(
     from tasks.distributed import launch_distributed, world_size
 
     logger = get_run_logger()
+    progress = str(create_progress_artifact(progress=0.0, key="training-progress", description="Share of training steps done"))
     if world_size(train) > 1:
-        ref = launch_distributed(tokenized, model, train, tracking, Path(run_dir), run_name, logger.info)
+        ref = launch_distributed(tokenized, model, train, tracking, Path(run_dir), run_name, logger.info, progress)
     else:
-        ref = train_model(tokenized, model, train, tracking, Path(run_dir), run_name)
+        ref = train_model(tokenized, model, train, tracking, Path(run_dir), run_name, progress)
     if ref is None:
         logger.info("training done on this node; the node holding rank 0 evaluates and publishes")
         return None
@@ -361,4 +431,5 @@ def train_task(
         ref.best_validation_f1,
         f" (resumed from {ref.resumed_from})" if ref.resumed_from else "",
     )
+    create_table_artifact(key="training-epochs", table=ref.epochs, description="Per epoch: losses and validation scores (word level)")
     return ref

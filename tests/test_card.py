@@ -28,6 +28,10 @@ def scores(f1: float) -> dict:
 def refs(tmp_path: Path, language: str | None, source: str = "unimelb-nlp/wikiann", config: str | None = "bn"):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
+    (tmp_path / "train_log.json").write_text(
+        '[{"loss": 1.2, "epoch": 0.5}, {"loss": 0.6, "epoch": 1.0}, {"eval_loss": 0.5, "eval_f1": 0.7, "epoch": 1.0},'
+        ' {"loss": 0.4, "epoch": 2.0}, {"eval_loss": 0.45, "eval_f1": 0.81, "epoch": 2.0}]'
+    )
     model = ModelRef(
         path=str(model_dir),
         run_dir=str(tmp_path),
@@ -45,6 +49,7 @@ def refs(tmp_path: Path, language: str | None, source: str = "unimelb-nlp/wikian
         path=str(tmp_path / "metrics.json"),
         word_level={"validation": scores(0.81), "test": scores(0.8234567)},
         subword_level_tutorial_f1={"validation": 0.7, "test": 0.69},
+        test_confusion={"labels": ["O", "LOC", "ORG", "PER"], "matrix": [[90, 2, 3, 1], [4, 20, 1, 0], [5, 2, 15, 1], [1, 0, 0, 25]]},
     )
     dataset = DatasetRef(
         path=str(tmp_path / "ds"),
@@ -98,6 +103,11 @@ def test_bengali_card_metadata_and_content(tmp_path):
     assert "0.6900" in text and "comparison only" in text  # the tutorial's score, labelled
     assert "lost words to max_length truncation" in text
     assert check_card(Path(ref.path)) == []
+    # Pictures: saved beside the card as real PNG files and shown by it.
+    assert ref.images == ["confusion_matrix.png", "training_curves.png"]
+    for image in ref.images:
+        assert (Path(ref.path).parent / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({image})" in text
 
 
 def test_widget_examples_configurable_and_card_checked(tmp_path):

@@ -34,15 +34,14 @@ def task_runs(flow_state) -> dict[str, list]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
         )
     by_name: dict[str, list] = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda r: r.created):
         by_name.setdefault(run.name.rsplit("-", 1)[0], []).append(run)  # "model-card-1a2" -> "model-card"
     return by_name
 
 
 def state_of(flow_state, task_name: str) -> str:
-    runs = task_runs(flow_state)[task_name]
-    assert len(runs) == 1, runs
-    return runs[0].state.name
+    """State of the task's last run in the flow run (a stale cache hit is followed by a rebuild)."""
+    return task_runs(flow_state)[task_name][-1].state.name
 
 
 def test_flow_writes_a_complete_run_folder_and_caches_tokenization(tiny_settings):
@@ -74,17 +73,50 @@ def test_flow_writes_a_complete_run_folder_and_caches_tokenization(tiny_settings
     f1 = next(r for r in card.data.eval_results if r.metric_type == "f1")
     assert f1.metric_value == pytest.approx(round(result.test_f1, 4))
     assert state_of(first, "tokenize") == "Completed"
+    assert {"training_curves.png", "confusion_matrix.png"} <= {p.name for p in model_dir.iterdir()}
 
-    # The same run again: tokenization is served from the cache.
+    # What the flow run page shows: profile, training progress, per-epoch table, metrics, summary.
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first.state_details.flow_run_id]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert {"dataset-profile", "training-progress", "training-epochs", "metrics-overall", "metrics-per-entity", "run-summary"} <= set(by_key)
+    assert float(by_key["training-progress"].data) == 100.0
+    assert [row["epoch"] for row in json.loads(by_key["training-epochs"].data)] == [1.0, 2.0]
+    summary = by_key["run-summary"].data
+    assert str(model_dir) in summary and "Widget examples" in summary and len(result.widget_predictions) == 5
+
+    # The same run again: tokenization, training and evaluation are served from the cache, and the
+    # new run folder still holds a complete model (copied from the run that trained it).
     second = finetune_ner(settings=settings, return_state=True)
-    assert state_of(second, "tokenize") == "Cached"
-    assert second.result().run_dir != result.run_dir  # one folder per run
+    assert [state_of(second, name) for name in ("tokenize", "train", "evaluate")] == ["Cached"] * 3
+    again = second.result()
+    assert again.run_dir != result.run_dir  # one folder per run
+    assert again.reused_model_from == result.run_dir and again.test_f1 == result.test_f1
+    for name in ("model/model.safetensors", "model/config.json", "model/README.md", "metrics.json", "train_log.json"):
+        assert (Path(again.run_dir) / name).is_file(), name
+    assert f"run `{again.run_name}`" in (Path(again.run_dir) / "model" / "README.md").read_text()
 
     # Training hyperparameters are not part of the tokenization key; max_length is.
     third = finetune_ner(settings=tiny_settings(train={"learning_rate": 1e-3, "epochs": 1}), return_state=True)
-    assert state_of(third, "tokenize") == "Cached"
+    assert [state_of(third, name) for name in ("tokenize", "train")] == ["Cached", "Completed"]
     fourth = finetune_ner(settings=tiny_settings(tokenize={"max_length": 48}), return_state=True)
     assert state_of(fourth, "tokenize") == "Completed"
+
+    # Asked not to reuse, the same settings train again (and refresh the cache record).
+    fifth = finetune_ner(settings=tiny_settings(train={"reuse_cached_model": False}), return_state=True)
+    assert state_of(fifth, "train") == "Completed"
+    # A cache hit whose model folder was deleted trains again instead of failing.
+    import shutil
+
+    shutil.rmtree(Path(fifth.result().run_dir) / "model")
+    sixth = finetune_ner(settings=settings, return_state=True)
+    assert [r.state.name for r in task_runs(sixth)["train"]] == ["Cached", "Completed"]
+    assert (Path(sixth.result().run_dir) / "model" / "model.safetensors").is_file()
 
 
 def test_killed_training_is_retried_and_resumes_from_its_checkpoint(tiny_settings, monkeypatch):

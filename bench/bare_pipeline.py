@@ -1,0 +1,40 @@
+"""The demo's work without Prefect: the same plain step functions called in order (orchestration baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--json-out")
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    from flows.settings import load_settings
+    from tasks.card import render_model_card
+    from tasks.evaluate import evaluate_model
+    from tasks.ingest import ingest_dataset
+    from tasks.tokenize import tokenize_dataset
+    from tasks.train import train_model
+
+    s = load_settings(args.config, args.overrides)
+    run_dir = Path(s.output_dir) / (s.run_name or "bare")
+    cache = s.resolved_cache_dir()
+    dataset = ingest_dataset(s.dataset, cache)
+    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, cache)
+    model = train_model(tokenized, s.model, s.train, s.tracking, run_dir, run_dir.name)
+    evaluation = evaluate_model(model, tokenized, run_dir, s.train.eval_batch_size)
+    render_model_card(model, evaluation, dataset, tokenized, s, run_dir.name)
+    result = {"wall_s": time.perf_counter() - started, "test_f1": evaluation.test["f1"]}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Training and tokenization speed, and peak memory: the tutorial's Trainer settings against nerflow's.
+
+Both variants fine-tune the packaged MiniLM on the same WikiANN-en sentences for the same epochs with
+an evaluation per epoch; each runs in its own process so its peak memory is its own.
+
+    python -m bench.speed                       # 2,000 train sentences, 1 epoch, 500 validation
+    python -m bench.speed --train-size 5000 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import LABELS, MINILM, data_dir, peak_rss_mib, report, run_isolated, subset
+
+
+def train_tutorial(folder: Path, epochs: int, out: Path) -> dict:
+    import datasets
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer
+
+    from bench.tutorial_recipe import make_compute_metrics, tokenize_and_align_labels, training_arguments
+    from tasks.tokenize import resolve_checkpoint
+
+    path = resolve_checkpoint(MINILM)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    raw = datasets.load_dataset("json", data_files={s: str(folder / f"{s}.jsonl") for s in ("train", "validation")})
+    tokenized = raw.map(lambda ex: tokenize_and_align_labels(ex, tokenizer), batched=True, remove_columns=["tokens", "ner_tags"])
+    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(LABELS))
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(str(out / "checkpoints"), epochs),
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        compute_metrics=make_compute_metrics(LABELS),
+    )
+    started = time.perf_counter()
+    trainer.train()
+    return {"train_wall_s": time.perf_counter() - started, "sentences": len(tokenized["train"])}
+
+
+def train_nerflow(folder: Path, epochs: int, out: Path) -> dict:
+    from flows.settings import RunSettings
+    from tasks.ingest import ingest_dataset
+    from tasks.tokenize import tokenize_dataset
+    from tasks.train import train_model
+
+    # nerflow's defaults with the tutorial's hyperparameters; only the engineering differs.
+    s = RunSettings.model_validate(
+        {
+            "dataset": {"source": str(folder)},
+            "model": {"checkpoint": MINILM},
+            "train": {"epochs": epochs, "learning_rate": 2e-5, "batch_size": 16},
+            "output_dir": str(out),
+        }
+    )
+    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
+    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
+    started = time.perf_counter()
+    train_model(tokenized, s.model, s.train, s.tracking, out / "run", "bench")
+    return {"train_wall_s": time.perf_counter() - started, "sentences": dataset.num_rows["train"]}
+
+
+def tokenization_rates(folder: Path, repeats: int = 3) -> dict[str, float]:
+    """Sentences per second of tokenization + label alignment, same tokenizer and batches of 1,000."""
+    import json
+
+    from bench.tutorial_recipe import tokenize_and_align_labels
+    from flows.settings import ModelSettings
+    from tasks.tokenize import b_to_i_map, encode_batch, load_tokenizer
+
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    tokens = [r["tokens"] for r in rows]
+    tags = [r["ner_tags"] for r in rows]
+    tokenizer = load_tokenizer(ModelSettings(checkpoint=MINILM))
+    b_to_i = b_to_i_map(LABELS)
+    batches = [(tokens[i : i + 1000], tags[i : i + 1000]) for i in range(0, len(tokens), 1000)]
+
+    def nerflow() -> None:
+        for t, g in batches:
+            encode_batch(tokenizer, t, g, "first", b_to_i, 512)
+
+    def tutorial() -> None:
+        for t, g in batches:
+            tokenize_and_align_labels({"tokens": t, "ner_tags": g}, tokenizer)
+
+    rates = {}
+    for name, fn in (("tutorial", tutorial), ("nerflow", nerflow)):
+        best = min(_timed(fn) for _ in range(repeats))
+        rates[name] = len(tokens) / best
+    return rates
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def variant_main(args) -> None:
+    import json
+
+    out = Path(tempfile.mkdtemp(prefix=f"nerflow-speed-{args.variant}-"))
+    fn = train_tutorial if args.variant == "tutorial" else train_nerflow
+    result = fn(Path(args.folder), args.epochs, out)
+    result["peak_rss_mib"] = peak_rss_mib()
+    Path(args.json_out).write_text(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="WikiANN-en folder (default ../shared/data/wikiann_en)")
+    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--json", default="bench/results/speed.json", help="where to write the JSON results")
+    parser.add_argument("--variant", choices=["tutorial", "nerflow"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--json-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        return variant_main(args)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = data_dir(args.data)
+        folder = subset(src, Path(tmp) / "data", {"train": args.train_size, "validation": args.val_size, "test": args.val_size})
+        rates = tokenization_rates(subset(src, Path(tmp) / "full", {"train": None, "validation": 10, "test": 10}))
+        common = ["--folder", str(folder), "--epochs", str(args.epochs)]
+        results = {v: run_isolated("bench.speed", ["--variant", v, *common]) for v in ("tutorial", "nerflow")}
+    rows = []
+    for name, r in results.items():
+        samples = r["sentences"] * args.epochs
+        rows.append(
+            {
+                "variant": name,
+                "train_wall_s": round(r["train_wall_s"], 1),
+                "samples_per_s": round(samples / r["train_wall_s"], 1),
+                "peak_rss_mib": round(r["peak_rss_mib"]),
+                "tokenize_sent_per_s": round(rates[name]),
+            }
+        )
+    tut, ner = rows
+    summary = {
+        "train_size": args.train_size,
+        "epochs": args.epochs,
+        "train_throughput_ratio": round(ner["samples_per_s"] / tut["samples_per_s"], 3),
+        "tokenize_throughput_ratio": round(ner["tokenize_sent_per_s"] / tut["tokenize_sent_per_s"], 3),
+        "nerflow_peak_rss_gib": round(ner["peak_rss_mib"] / 1024, 3),
+        "tutorial_peak_rss_gib": round(tut["peak_rss_mib"] / 1024, 3),
+        "targets": {"train_throughput_ratio": ">= 1.3", "nerflow_peak_rss_gib": "< 1.5", "tokenize_throughput_ratio": ">= 1.0"},
+    }
+    report("Training speed and memory: tutorial Trainer settings vs nerflow defaults (MiniLM, CPU)", rows, summary, args.json)
+
+
+if __name__ == "__main__":
+    main()
