@@ -33,14 +33,14 @@ def synthetic_split(n: int, vocab: int, seed: int, max_words: int = 64):
     for _ in range(n):
         n_words = int(min(max_words, max(1, round(rng.lognormal(mean=1.8, sigma=0.55)))))
         word_labels = rng.integers(0, len(LABELS), n_words).tolist()
-        ids, wids = [101], [-1]
+        ids, wids = [101], [None]
         for w in range(n_words):
             pieces = int(rng.choice([1, 1, 2, 2, 3]))
             ids += rng.integers(1000, vocab, pieces).tolist()
             wids += [w] * pieces
         ids.append(102)
-        wids.append(-1)
-        labels = [-100 if w < 0 or (i and wids[i - 1] == w) else word_labels[w] for i, w in enumerate(wids)]
+        wids.append(None)
+        labels = [-100 if w is None or (i and wids[i - 1] == w) else word_labels[w] for i, w in enumerate(wids)]
         rows["input_ids"].append(ids)
         rows["attention_mask"].append([1] * len(ids))
         rows["token_type_ids"].append([0] * len(ids))

@@ -129,7 +129,12 @@ class TokenizeSettings(_Section):
         "every subword gets the word's tag verbatim (B- copied), kept only to compare against.",
     )
     max_length: int = Field(
-        512, ge=8, le=8192, description="Longest input in subwords; longer sentences are truncated (and counted)."
+        128,
+        ge=8,
+        le=8192,
+        description="Longest input in subwords; longer sentences are truncated (counted and warned about, "
+        "their lost words scored as O). WikiANN sentences average about 20 subwords and 128 keeps more than "
+        "99.9% of them whole; a single 500-subword outlier would otherwise set the peak memory of training.",
     )
 
 

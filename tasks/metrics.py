@@ -16,18 +16,18 @@ from seqeval.metrics import accuracy_score, classification_report
 from tasks.tokenize import IGNORE_INDEX, align_labels
 
 
-def word_predictions(pred_ids: Sequence[int], word_ids: Sequence[int], n_words: int) -> list[int | None]:
+def word_predictions(pred_ids: Sequence[int], word_ids: Sequence[int | None], n_words: int) -> list[int | None]:
     """Predicted label id per word (None where the word has no subword in the input)."""
     out: list[int | None] = [None] * n_words
     for pos, wid in enumerate(word_ids):
-        if wid >= 0 and out[wid] is None:
+        if wid is not None and out[wid] is None:
             out[wid] = int(pred_ids[pos])
     return out
 
 
 def word_level_sequences(
     predictions: np.ndarray | Sequence[Sequence[int]],
-    word_ids: Sequence[Sequence[int]],
+    word_ids: Sequence[Sequence[int | None]],
     word_labels: Sequence[Sequence[int]],
     label_names: Sequence[str],
 ) -> tuple[list[list[str]], list[list[str]]]:
@@ -42,14 +42,14 @@ def word_level_sequences(
 
 def subword_level_sequences(
     predictions: np.ndarray | Sequence[Sequence[int]],
-    word_ids: Sequence[Sequence[int]],
+    word_ids: Sequence[Sequence[int | None]],
     word_labels: Sequence[Sequence[int]],
     label_names: Sequence[str],
 ) -> tuple[list[list[str]], list[list[str]]]:
     """The tutorial's scoring: every subword is a 'word' and carries its word's tag (B- copied)."""
     y_true, y_pred = [], []
     for preds, wids, gold in zip(predictions, word_ids, word_labels):
-        labels = align_labels([w if w >= 0 else None for w in wids], gold, "tutorial", {})
+        labels = align_labels(wids, gold, "tutorial", {})
         keep = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
         y_true.append([label_names[labels[i]] for i in keep])
         y_pred.append([label_names[int(preds[i])] if preds[i] >= 0 else "O" for i in keep])

@@ -33,8 +33,7 @@ from tasks.storage import atomic_dir, atomic_write_json
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # positions the loss (and the word-level metric) skip
-NO_WORD = -1  # stored word id of special tokens ([CLS], [SEP], padding)
-_CACHE_VERSION = "nerflow-tokenized-v1"
+_CACHE_VERSION = "nerflow-tokenized-v2"
 # Above these shares of distinct words, the tokenizer is losing information the tags depend on.
 NORMALIZER_WARN_SHARE = 0.01
 UNK_WARN_SHARE = 0.005
@@ -110,19 +109,23 @@ def align_labels(
     all:      every subword is labelled; continuation subwords of a B-X word get I-X.
     tutorial: every subword gets the word's label verbatim (B-X repeated), the tutorial's behaviour.
     """
+    # The label of a continuation subword, per word: decided once per sentence, not per subword.
+    if strategy == "first":
+        continuation: Sequence[int] = [IGNORE_INDEX] * len(word_labels)
+    elif strategy == "all":
+        continuation = [b_to_i.get(label, label) for label in word_labels]
+    else:
+        continuation = word_labels
     labels: list[int] = []
+    append = labels.append
     previous: int | None = None
     for wid in word_ids:
         if wid is None:
-            labels.append(IGNORE_INDEX)
+            append(IGNORE_INDEX)
         elif wid != previous:
-            labels.append(word_labels[wid])
-        elif strategy == "first":
-            labels.append(IGNORE_INDEX)
-        elif strategy == "all":
-            labels.append(b_to_i.get(word_labels[wid], word_labels[wid]))
+            append(word_labels[wid])
         else:
-            labels.append(word_labels[wid])
+            append(continuation[wid])
         previous = wid
     return labels
 
@@ -138,22 +141,23 @@ def encode_batch(
     """Tokenize pre-split sentences and align labels; also count what tokenization loses."""
     enc = tokenizer(tokens, is_split_into_words=True, truncation=True, max_length=max_length)
     unk = tokenizer.unk_token_id
-    out: dict[str, list] = {k: list(v) for k, v in enc.items()}
+    out: dict[str, list] = dict(enc.items())
     out.update(labels=[], word_ids=[], word_labels=[], truncated=[], no_subword=[], unk_words=[])
     for i, word_tags in enumerate(tags):
         wids = enc.word_ids(i)
-        present = {w for w in wids if w is not None}
-        last = max(present, default=-1)
-        unk_words = {w for w, t in zip(wids, out["input_ids"][i]) if w is not None and t == unk}
-        out["labels"].append(align_labels(wids, word_tags, strategy, b_to_i))
-        out["word_ids"].append([NO_WORD if w is None else w for w in wids])
-        out["word_labels"].append(list(word_tags))
+        ids = out["input_ids"][i]
+        present = set(wids)
+        present.discard(None)
+        last = next((w for w in reversed(wids) if w is not None), -1)  # word ids never decrease
         # A full-length encoding that stops before the last word was cut by max_length; any other
         # missing word had no subword at all.
         truncated = last < len(word_tags) - 1 and len(wids) >= max_length
+        out["labels"].append(align_labels(wids, word_tags, strategy, b_to_i))
+        out["word_ids"].append(wids)  # None at special tokens; stored as nulls
+        out["word_labels"].append(word_tags)
         out["truncated"].append(truncated)
-        out["no_subword"].append(sum(1 for w in range(last + 1 if truncated else len(word_tags)) if w not in present))
-        out["unk_words"].append(len(unk_words))
+        out["no_subword"].append((last + 1 if truncated else len(word_tags)) - len(present))
+        out["unk_words"].append(len({w for w, t in zip(wids, ids) if t == unk and w is not None}) if unk in ids else 0)
     return out
 
 

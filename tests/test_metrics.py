@@ -5,7 +5,7 @@ from tasks.metrics import seqeval_scores, subword_level_sequences, word_level_se
 
 NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 # s1 "John Smith(2 pieces) lives in Paris"; s2 "Berlin is big"; s3 truncated after 2 of 3 words.
-WORD_IDS = [[-1, 0, 1, 1, 2, 3, 4, -1], [-1, 0, 1, 2, -1], [-1, 0, 1, -1]]
+WORD_IDS = [[None, 0, 1, 1, 2, 3, 4, None], [None, 0, 1, 2, None], [None, 0, 1, None]]
 GOLD = [[1, 2, 0, 0, 3], [3, 0, 0], [1, 0, 3]]
 PRED = [[0, 1, 2, 0, 0, 0, 3, 0], [0, 1, 0, 0, 0], [0, 1, 0, 0]]
 

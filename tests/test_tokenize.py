@@ -72,7 +72,7 @@ def test_cache_key_depends_on_data_tokenizer_strategy_and_length_only():
     assert base != tokenization_key("fp2", "tok", TokenizeSettings())
     assert base != tokenization_key("fp", "tok2", TokenizeSettings())
     assert base != tokenization_key("fp", "tok", TokenizeSettings(alignment="all"))
-    assert base != tokenization_key("fp", "tok", TokenizeSettings(max_length=128))
+    assert base != tokenization_key("fp", "tok", TokenizeSettings(max_length=256))
 
 
 def test_tokenizer_fingerprint_is_content_based(tiny_bert, tmp_path):
