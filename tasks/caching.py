@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -45,13 +46,23 @@ def cached_or_rebuilt(task, still_valid: Callable[[T], bool], *args: Any, **kwar
     return result
 
 
+def link_or_copy(src: str, dst: str) -> str:
+    """Hard-link where possible: nerflow never edits a model file in place (writes replace whole
+    files or folders), so a link shares bytes safely; another filesystem gets a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
 def adopt_outputs(run_dir: Path, model, evaluation):
     """Copy a cached model folder (and metrics) from an earlier run into this run; return new refs."""
     run_dir = Path(run_dir)
     source_run = Path(model.run_dir)
     if source_run.resolve() != run_dir.resolve():
         with atomic_dir(run_dir / "model", replace=True) as tmp:
-            shutil.copytree(model.path, tmp, dirs_exist_ok=True)
+            shutil.copytree(model.path, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         if (source_run / "train_log.json").is_file():
             shutil.copy2(source_run / "train_log.json", run_dir / "train_log.json")
         model = model.model_copy(

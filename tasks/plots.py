@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 TRAINING_CURVES = "training_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
+
+
+def _save(fig, path: Path) -> Path:
+    # A new file renamed into place: never rewrite an existing file (it may be hard-linked from an
+    # earlier run's model folder).
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def training_curves_png(log_history: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -33,10 +46,7 @@ def training_curves_png(log_history: Sequence[dict[str, Any]], path: Path) -> Pa
     ax_f1.set(xlabel="epoch", ylabel="F1", title="Validation F1 (word level)", ylim=(0, 1))
     for ax in (ax_loss, ax_f1):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def confusion_png(labels: Sequence[str], matrix: Sequence[Sequence[int]], path: Path, title: str) -> Path:
@@ -53,7 +63,4 @@ def confusion_png(labels: Sequence[str], matrix: Sequence[Sequence[int]], path: 
     for i in range(len(labels)):
         for j in range(len(labels)):
             ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

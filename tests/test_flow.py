@@ -100,6 +100,7 @@ def test_flow_writes_a_complete_run_folder_and_caches_tokenization(tiny_settings
     for name in ("model/model.safetensors", "model/config.json", "model/README.md", "metrics.json", "train_log.json"):
         assert (Path(again.run_dir) / name).is_file(), name
     assert f"run `{again.run_name}`" in (Path(again.run_dir) / "model" / "README.md").read_text()
+    assert f"run `{result.run_name}`" in (model_dir / "README.md").read_text()  # the first run's card is untouched
 
     # Training hyperparameters are not part of the tokenization key; max_length is.
     third = finetune_ner(settings=tiny_settings(train={"learning_rate": 1e-3, "epochs": 1}), return_state=True)
