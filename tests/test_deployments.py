@@ -8,26 +8,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, SAMPLE_DIR
+from conftest import SAMPLE_DIR
+from serve_stack import deployment_spec, start_serve, stop_serve
 
 DEPLOYMENT = "finetune_ner/wikiann-bn"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api(base: str, method: str, path: str, body=None, attempts: int = 5):
@@ -58,51 +49,16 @@ def _call(base: str, method: str, path: str, body=None):
 def stack(tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("stack")
     watched = shutil.copytree(SAMPLE_DIR, root / "watched-data")
-    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
-    training, watcher = spec["deployments"]
-    training["parameters"]["settings"] = {
-        "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 48, "max_eval_samples": 16, "language": "en"},
-        "model": {"checkpoint": str(tiny_bert)},
-        "tokenize": {"max_length": 48},
-        "train": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-3},
-        "output_dir": str(root / "runs"),
-    }
-    watcher["parameters"]["dataset"] = {"source": str(watched)}
-    prefect_file = root / "prefect.yaml"
-    prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-    }
-    env.pop("PREFECT_API_URL", None)
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port), "--prefect-file", str(prefect_file),
-           "--workdir", str(root / "work"), "--home", str(root / "prefect-home")]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("Prefect UI:"):
-            break
-        assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-    else:
-        pytest.fail("nerflow serve ended before it was ready:\n" + "".join(lines))
+    spec = deployment_spec(root, tiny_bert)
+    spec["deployments"][1]["parameters"]["dataset"] = {"source": str(watched)}
+    proc, port = start_serve(
+        root, spec, {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+    )
     base = f"http://127.0.0.1:{port}/api"
-    child_env = {**env, "PREFECT_API_URL": base, "PREFECT_HOME": str(root / "client-home")}
+    child_env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_HOME": str(root / "client-home")}
     yield {"api": base, "root": root, "env": child_env, "watched": watched, "proc": proc}
 
-    # `nerflow serve` stops the worker (TERM, wait, TERM/KILL) and the server on SIGTERM.
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=90) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert stop_serve(proc) == 0
     worker_log = (root / "work" / "worker.log").read_text()
     assert "Worker" in worker_log
 

@@ -12,17 +12,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, SAMPLE_DIR
+from serve_stack import deployment_spec, start_serve, stop_serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -57,48 +54,12 @@ def get_json(url: str, body=None):
 def ui_stack(tmp_path_factory, tiny_bert):
     ensure_chromium()
     root = tmp_path_factory.mktemp("ui")
-    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
-    training = spec["deployments"][0]
-    training["parameters"]["settings"] = {
-        "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 48, "max_eval_samples": 16, "language": "en"},
-        "model": {"checkpoint": str(tiny_bert)},
-        "tokenize": {"max_length": 48},
-        "train": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-3},
-        "output_dir": str(root / "runs"),
-    }
-    training["schedules"] = []
-    spec["deployments"] = [training]
-    (root / "prefect.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    port = free_port()
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--port", str(port), "--prefect-file", str(root / "prefect.yaml"),
-         "--workdir", str(root / "work"), "--home", str(root / "home")],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("Prefect UI:"):
-            break
-    else:
-        pytest.fail("nerflow serve ended before it was ready:\n" + "".join(lines))
+    spec = deployment_spec(root, tiny_bert)
+    spec["deployments"] = spec["deployments"][:1]  # the training deployment only, no schedule
+    spec["deployments"][0]["schedules"] = []
+    proc, port = start_serve(root, spec)
     yield {"base": f"http://127.0.0.1:{port}", "root": root}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    stop_serve(proc)
 
 
 def form_input(page, label: str):
