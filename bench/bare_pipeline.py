@@ -17,7 +17,7 @@ def main() -> None:
     started = time.perf_counter()
 
     from flows.settings import load_settings
-    from tasks.card import render_model_card
+    from tasks.card import render_model_card, widget_predictions
     from tasks.evaluate import evaluate_model
     from tasks.ingest import ingest_dataset
     from tasks.tokenize import tokenize_dataset
@@ -30,7 +30,8 @@ def main() -> None:
     tokenized = tokenize_dataset(dataset, s.model, s.tokenize, cache)
     model = train_model(tokenized, s.model, s.train, s.tracking, run_dir, run_dir.name)
     evaluation = evaluate_model(model, tokenized, run_dir, s.train.eval_batch_size)
-    render_model_card(model, evaluation, dataset, tokenized, s, run_dir.name)
+    card = render_model_card(model, evaluation, dataset, tokenized, s, run_dir.name)
+    widget_predictions(model.path, card.widget_examples)  # the flow shows them in its run summary
     result = {"wall_s": time.perf_counter() - started, "test_f1": evaluation.test["f1"]}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result))

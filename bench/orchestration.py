@@ -7,12 +7,14 @@
 
     python -m bench.orchestration                       # the demo as configured
     python -m bench.orchestration --train-size 500 --epochs 1
+    python -m bench.orchestration --repeats 2           # bare first in round 2; medians reported
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,39 +31,59 @@ def timed_cli(args: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
+def one_round(config: str, overrides: list[str], bare_first: bool) -> dict[str, float]:
+    """Cold, warm and bare on fresh caches; `bare_first` swaps the order so a drift in machine load
+    does not always favour the same side."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = [x for o in [f"output_dir={tmp}/runs", *overrides] for x in ("--set", o)]
+        bare_sets = [x for o in [f"output_dir={tmp}/bare-runs", *overrides] for x in ("--set", o)]
+        env = {**os.environ, "PREFECT_HOME": f"{tmp}/prefect-home", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)  # the run starts its own temporary server, as `make demo` does
+
+        def bare() -> float:
+            return run_isolated("bench.bare_pipeline", ["--config", config, *bare_sets])["process_wall_s"]
+
+        bare_s = bare() if bare_first else None
+        cold = timed_cli(["train", "--config", config, *sets], env)
+        warm = timed_cli(["train", "--config", config, *sets], env)
+        if bare_s is None:
+            bare_s = bare()
+    return {"cold_s": cold, "warm_s": warm, "bare_s": bare_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--train-size", type=int, default=None, help="default: the demo's (2,000)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the demo's (3)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds, alternating which side runs first; medians reported")
     parser.add_argument("--json", default="bench/results/orchestration.json")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"output_dir={tmp}/runs"]
-        if args.train_size:
-            overrides.append(f"dataset.max_train_samples={args.train_size}")
-        if args.epochs:
-            overrides.append(f"train.epochs={args.epochs}")
-        sets = [x for o in overrides for x in ("--set", o)]
-        env = {**os.environ, "PREFECT_HOME": f"{tmp}/prefect-home", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        env.pop("PREFECT_API_URL", None)  # the run starts its own temporary server, as `make demo` does
-        cold = timed_cli(["train", "--config", args.config, *sets], env)
-        warm = timed_cli(["train", "--config", args.config, *sets], env)
-        bare_sets = [x for o in overrides for x in ("--set", o.replace("/runs", "/bare-runs"))]
-        bare = run_isolated("bench.bare_pipeline", ["--config", args.config, *bare_sets])["process_wall_s"]
+    overrides = []
+    if args.train_size:
+        overrides.append(f"dataset.max_train_samples={args.train_size}")
+    if args.epochs:
+        overrides.append(f"train.epochs={args.epochs}")
+    rounds = [one_round(args.config, overrides, bare_first=i % 2 == 1) for i in range(args.repeats)]
 
-    rows = [
-        {"run": "prefect flow, cold (temporary server included)", "wall_s": round(cold, 1)},
-        {"run": "prefect flow, warm (cached tokenize/train/evaluate)", "wall_s": round(warm, 1)},
-        {"run": "bare script, same steps, no Prefect", "wall_s": round(bare, 1)},
-    ]
+    rows = []
+    for i, r in enumerate(rounds, start=1):
+        rows += [
+            {"round": i, "run": "prefect flow, cold (temporary server included)", "wall_s": round(r["cold_s"], 1)},
+            {"round": i, "run": "prefect flow, warm (cached tokenize/train/evaluate)", "wall_s": round(r["warm_s"], 1)},
+            {"round": i, "run": "bare script, same steps, no Prefect", "wall_s": round(r["bare_s"], 1)},
+        ]
+    warm_over_cold = [r["warm_s"] / r["cold_s"] for r in rounds]
+    prefect_over_bare = [r["cold_s"] / r["bare_s"] for r in rounds]
     summary = {
-        "cold_s": round(cold, 1),
-        "warm_s": round(warm, 1),
-        "bare_s": round(bare, 1),
-        "warm_over_cold": round(warm / cold, 3),
-        "prefect_over_bare": round(cold / bare, 3),
+        "rounds": len(rounds),
+        "cold_s": round(statistics.median(r["cold_s"] for r in rounds), 1),
+        "warm_s": round(statistics.median(r["warm_s"] for r in rounds), 1),
+        "bare_s": round(statistics.median(r["bare_s"] for r in rounds), 1),
+        "warm_over_cold": round(statistics.median(warm_over_cold), 3),
+        "prefect_over_bare": round(statistics.median(prefect_over_bare), 3),
+        "prefect_over_bare_per_round": [round(x, 3) for x in prefect_over_bare],
         "targets": {"warm_over_cold": "< 0.15", "prefect_over_bare": "<= 1.15"},
     }
     report("Orchestration cost and cache savings (demo flow, CPU)", rows, summary, args.json)

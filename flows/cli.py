@@ -74,9 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(settings: RunSettings) -> int:
-    from flows.finetune import finetune_ner
+    from flows.serve import temporary_server_when_needed
 
-    result = finetune_ner(settings=settings)
+    with temporary_server_when_needed() as use_server:
+        from flows.finetune import finetune_ner  # the pipeline's libraries load while the server boots
+
+        with use_server():
+            result = finetune_ner(settings=settings)
     print()
     print(f"run folder : {result.run_dir}")
     print(f"model      : {result.model_dir}")

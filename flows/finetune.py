@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from flows.settings import RunSettings
-from tasks.card import model_card_task
+from tasks.card import model_card_task, widget_predictions_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.publish import publish_task
@@ -114,6 +114,7 @@ def finetune_ner(
     evaluation = cached_or_rebuilt(evaluate_task, metrics_exist, model, tokenized, str(run_dir), settings.train.eval_batch_size)
     model, evaluation = adopt_outputs(run_dir, model, evaluation)  # cache hits may point to an earlier run
     card = model_card_task(model, evaluation, dataset, tokenized, settings, run_name)
+    found = widget_predictions_task(model, card.widget_examples)
     publication = publish_task(str(run_dir), settings.publish, settings.resolved_model_name())
 
     result = RunResult(
@@ -130,7 +131,7 @@ def finetune_ner(
         dataset_fingerprint=dataset.fingerprint,
         resumed_from=model.resumed_from,
         reused_model_from=model.reused_from,
-        widget_predictions=card.widget_predictions,
+        widget_predictions=found,
         published=publication.published,
         published_to=publication.location(),
         gate=publication.gate.reason,

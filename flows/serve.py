@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from flows.pools import create_pool
@@ -84,6 +86,64 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 15) -> int:
         except subprocess.TimeoutExpired:
             continue
     return proc.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def temporary_server_when_needed() -> Iterator[Callable[[], AbstractContextManager]]:
+    """Prefect's temporary local server for a run when no Prefect API is configured, started early.
+
+    Left to itself, a flow run with no PREFECT_API_URL imports the server's code in-process (~3.5 s
+    here) and then waits for the server to boot (~5.5 s) before its first task. Started here, the
+    same server (uvicorn with Prefect's app factory and the flags Prefect's SubprocessASGIServer sets,
+    on 127.0.0.1) boots in its own process while the caller imports the pipeline. Usage:
+
+        with temporary_server_when_needed() as use_server:
+            from flows.finetune import finetune_ner   # imported while the server boots
+            with use_server():                       # waits until healthy, points Prefect at it
+                finetune_ner(...)
+
+    With an API configured (or ephemeral servers disabled) `use_server()` changes nothing."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    current = get_current_settings()
+    if current.api.url or not current.server.ephemeral.enabled:
+        yield nullcontext
+        return
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"], env=env, start_new_session=True
+    )
+    print(f"Starting temporary Prefect server on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def use_server() -> Iterator[None]:
+        wait_healthy(api_url, timeout_s=max(60, current.server.ephemeral.startup_timeout_seconds), proc=proc)
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            try:
+                yield
+            finally:  # send buffered logs and events while the server is still there
+                from prefect.events.worker import EventsWorker
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all()
+                EventsWorker.drain_all()
+
+    try:
+        yield use_server
+    finally:
+        stop_process(proc)
+        print(f"Stopped temporary Prefect server on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
 
 
 def serve(port: int, pool: str, prefect_file: Path, workdir: Path, home: Path | None) -> int:

@@ -38,6 +38,15 @@ def file_identity(path: Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+MODEL_FILES = ("model.safetensors", "config.json")
+
+
+def model_identity(model_dir: str | Path) -> list[str]:
+    """File identities of a saved model's weights and config ("missing" where absent)."""
+    folder = Path(model_dir)
+    return [file_identity(folder / name) if (folder / name).is_file() else "missing" for name in MODEL_FILES]
+
+
 def cached_or_rebuilt(task, still_valid: Callable[[T], bool], *args: Any, **kwargs: Any) -> T:
     result = task(*args, **kwargs)
     if not still_valid(result):

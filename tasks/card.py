@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from flows.settings import RunSettings
+from tasks.caching import fingerprint, model_identity
 from tasks.evaluate import SUBWORD_NOTE, WORD_LEVEL_NOTE, EvaluationRef, per_entity_table
 from tasks.ingest import DatasetRef, load_dataset_dict
+from tasks.plots import CONFUSION_MATRIX, TRAINING_CURVES, confusion_png, training_curves_png
 from tasks.storage import atomic_write_text
 from tasks.tokenize import TokenizedRef
 from tasks.train import ModelRef
@@ -149,8 +151,6 @@ class CardRef(BaseModel):
     path: str
     widget_examples: list[str]
     images: list[str] = []
-    widget_predictions: list[dict[str, Any]] = []
-    """Entities the new model finds in each widget example (filled by the task)."""
 
 
 def widget_examples(settings: RunSettings, dataset: DatasetRef) -> list[str]:
@@ -279,24 +279,29 @@ def check_card(path: Path) -> list[str]:
 
 
 def draw_pictures(model: ModelRef, evaluation: EvaluationRef) -> dict[str, str]:
-    """Training curves and the test confusion matrix as PNG files in the model folder."""
-    from tasks.plots import CONFUSION_MATRIX, TRAINING_CURVES, confusion_png, training_curves_png
+    """Training curves and the test confusion matrix as PNG files in the model folder.
 
+    A model reused from an earlier run brought its pictures along: they were drawn from the same
+    training log and the same (cached) evaluation, so they are kept instead of drawn again."""
     model_dir = Path(model.path)
-    images = {}
     log_path = Path(model.run_dir) / "train_log.json"
+    wanted = {}
     if log_path.is_file():
-        training_curves_png(json.loads(log_path.read_text(encoding="utf-8")), model_dir / TRAINING_CURVES)
-        images["curves"] = TRAINING_CURVES
+        wanted["curves"] = TRAINING_CURVES
     if evaluation.test_confusion.get("matrix"):
+        wanted["confusion"] = CONFUSION_MATRIX
+    if model.reused_from and all((model_dir / name).is_file() for name in wanted.values()):
+        return wanted
+    if "curves" in wanted:
+        training_curves_png(json.loads(log_path.read_text(encoding="utf-8")), model_dir / TRAINING_CURVES)
+    if "confusion" in wanted:
         confusion_png(
             evaluation.test_confusion["labels"],
             evaluation.test_confusion["matrix"],
             model_dir / CONFUSION_MATRIX,
             "Test words: gold vs predicted entity type",
         )
-        images["confusion"] = CONFUSION_MATRIX
-    return images
+    return wanted
 
 
 def render_model_card(
@@ -318,10 +323,17 @@ def render_model_card(
 
 
 def widget_predictions(model_dir: str, examples: list[str]) -> list[dict[str, Any]]:
+    """Entities the model finds in each widget example, for the run summary."""
     from flows.predict import load_ner_pipeline, predict_entities
 
     found = predict_entities(load_ner_pipeline(model_dir), examples)
     return [{"text": text, "entities": entities} for text, entities in zip(examples, found)]
+
+
+def _widget_cache_key(context, inputs: dict[str, Any]) -> str:
+    # The model's files, not its folder: a reused model hard-linked or copied into a new run keeps
+    # size and modification time, so its predictions come from the cache without loading it.
+    return "widget-" + fingerprint("nerflow-widget-v1", model_identity(inputs["model"].path), inputs["examples"])
 
 
 @task(name="model-card", cache_policy=NO_CACHE)
@@ -334,7 +346,10 @@ def model_card_task(
     run_name: str,
 ) -> CardRef:
     ref = render_model_card(model, evaluation, dataset, tokenized, settings, run_name)
-    ref.widget_predictions = widget_predictions(model.path, ref.widget_examples)
     get_run_logger().info("model card written to %s (with %s)", ref.path, ", ".join(ref.images) or "no pictures")
     return ref
 
+
+@task(name="widget-predictions", cache_policy=CacheKeyFnPolicy(cache_key_fn=_widget_cache_key), persist_result=True)
+def widget_predictions_task(model: ModelRef, examples: list[str]) -> list[dict[str, Any]]:
+    return widget_predictions(model.path, examples)

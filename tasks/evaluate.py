@@ -16,7 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
-from tasks.caching import file_identity, fingerprint
+from tasks.caching import fingerprint, model_identity
 from tasks.metrics import seqeval_scores, subword_level_sequences, type_confusion, word_level_sequences
 from tasks.storage import atomic_write_json
 from tasks.tokenize import TokenizedRef, load_tokenized
@@ -130,9 +130,9 @@ def metrics_exist(ref: EvaluationRef) -> bool:
 
 def _evaluate_cache_key(context, inputs: dict[str, Any]) -> str:
     model: ModelRef = inputs["model"]
-    weights = Path(model.path) / "model.safetensors"
-    identity = file_identity(weights) if weights.is_file() else "missing"
-    return "evaluate-" + fingerprint("nerflow-evaluate-v2", str(Path(model.path).resolve()), identity, inputs["tokenized"].cache_key)
+    return "evaluate-" + fingerprint(
+        "nerflow-evaluate-v3", str(Path(model.path).resolve()), model_identity(model.path), inputs["tokenized"].cache_key
+    )
 
 
 @task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_evaluate_cache_key), persist_result=True)

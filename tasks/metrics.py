@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from seqeval.metrics import accuracy_score, classification_report
 
 from tasks.tokenize import IGNORE_INDEX, align_labels
 
@@ -58,6 +57,9 @@ def subword_level_sequences(
 
 def seqeval_scores(y_true: list[list[str]], y_pred: list[list[str]]) -> dict[str, Any]:
     """Overall (micro) precision/recall/F1, tag accuracy, and per-entity precision/recall/F1/support."""
+    # seqeval pulls in scikit-learn and scipy (~2 s): imported when scoring, not when a cached run starts.
+    from seqeval.metrics import accuracy_score, classification_report
+
     report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
     overall = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
     per_entity = {

@@ -7,14 +7,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt  # noqa: E402
-
 TRAINING_CURVES = "training_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
+
+
+def _pyplot():
+    # Imported on first use: matplotlib costs about a second, and a cached re-run draws nothing.
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, path: Path) -> Path:
@@ -24,7 +28,7 @@ def _save(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     os.replace(tmp, path)
     return path
 
@@ -33,7 +37,7 @@ def training_curves_png(log_history: Sequence[dict[str, Any]], path: Path) -> Pa
     """Training loss per logging step, validation loss and word-level F1 per epoch."""
     train = [(e["epoch"], e["loss"]) for e in log_history if "loss" in e and "epoch" in e]
     evals = [(e["epoch"], e.get("eval_loss"), e["eval_f1"]) for e in log_history if "eval_f1" in e]
-    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax_loss, ax_f1) = _pyplot().subplots(1, 2, figsize=(10, 3.6))
     if train:
         ax_loss.plot(*zip(*train), label="training loss", color="tab:blue")
     if evals:
@@ -55,7 +59,7 @@ def confusion_png(labels: Sequence[str], matrix: Sequence[Sequence[int]], path: 
 
     counts = np.asarray(matrix, dtype=float)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    fig, ax = _pyplot().subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1.5))
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)

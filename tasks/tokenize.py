@@ -4,8 +4,8 @@ Alignment is by word index, never by a running counter, so a word that yields no
 joiner, a control character) simply has no position and cannot shift the labels of the words after it.
 
 The tokenized dataset is cached on disk under a key made of the dataset fingerprint, the tokenizer's
-content hash, the alignment strategy and the max length; training hyperparameters are not part of it,
-so changing them never re-tokenizes. The Prefect task uses the same key as its cache key, so an
+fingerprint (a hash of its files or its content), the alignment strategy and the max length; training
+hyperparameters are not part of it, so changing them never re-tokenizes. The Prefect task uses the same key as its cache key, so an
 unchanged re-run shows the task as `Cached`.
 """
 
@@ -75,8 +75,24 @@ def load_tokenizer(model: ModelSettings):
     return tokenizer
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Content hash of the tokenizer: vocabulary, normalizer and pre-tokenizer, special tokens."""
+# Files that hold weights, not tokenizer state: hashing them would cost seconds and change nothing.
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ot", ".ckpt"}
+
+
+def tokenizer_fingerprint(model: ModelSettings, tokenizer=None) -> str:
+    """What the tokenizer is made of, as a hash: the cache key's tokenizer part.
+
+    A local checkpoint folder is fingerprinted by its top-level files (vocabulary, tokenizer.json,
+    configs; weights skipped), which needs neither transformers nor a tokenizer load: an unchanged
+    re-run finds its cache hit in milliseconds. A Hub checkpoint is loaded (from the local HF cache
+    once downloaded) and hashed by content: vocabulary, normalizer, pre-tokenizer, special tokens."""
+    folder = Path(resolve_checkpoint(model.checkpoint))
+    if folder.is_dir():
+        h = hashlib.sha256(b"files")
+        for file in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix not in WEIGHT_SUFFIXES):
+            h.update(file.name.encode() + b"\x00" + hashlib.sha256(file.read_bytes()).digest())
+        return h.hexdigest()
+    tokenizer = tokenizer or load_tokenizer(model)
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     h.update(tokenizer.backend_tokenizer.to_str().encode())
     h.update(json.dumps(sorted(map(str, tokenizer.all_special_tokens))).encode())
@@ -213,7 +229,7 @@ def tokenize_dataset(
 ) -> TokenizedRef:
     """Tokenize and align every split, or reuse the cached result for the same key."""
     tokenizer = load_tokenizer(model)
-    tok_fp = tokenizer_fingerprint(tokenizer)
+    tok_fp = tokenizer_fingerprint(model, tokenizer)
     key = tokenization_key(dataset.fingerprint, tok_fp, settings)
     path = Path(cache_dir) / "tokenized" / key
     if not (path / "ref.json").is_file():
@@ -283,8 +299,7 @@ def tokenized_exists(ref: TokenizedRef) -> bool:
 def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     # The same key the plain function uses, plus the cache folder: another output root is another cache.
     dataset: DatasetRef = inputs["dataset"]
-    tokenizer = load_tokenizer(inputs["model"])
-    key = tokenization_key(dataset.fingerprint, tokenizer_fingerprint(tokenizer), inputs["settings"])
+    key = tokenization_key(dataset.fingerprint, tokenizer_fingerprint(inputs["model"]), inputs["settings"])
     return f"tokenize-{key}-{hashlib.sha256(str(Path(inputs['cache_dir']).resolve()).encode()).hexdigest()[:8]}"
 
 

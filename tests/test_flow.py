@@ -101,10 +101,15 @@ def test_flow_writes_a_complete_run_folder_and_caches_tokenization(tiny_settings
         assert (Path(again.run_dir) / name).is_file(), name
     assert f"run `{again.run_name}`" in (Path(again.run_dir) / "model" / "README.md").read_text()
     assert f"run `{result.run_name}`" in (model_dir / "README.md").read_text()  # the first run's card is untouched
+    # Nothing about the model changed: its widget predictions come from the cache and its pictures
+    # are the ones drawn for it (same files, not drawn again).
+    assert state_of(second, "widget-predictions") == "Cached" and again.widget_predictions == result.widget_predictions
+    for name in ("training_curves.png", "confusion_matrix.png"):
+        assert (Path(again.model_dir) / name).stat().st_mtime_ns == (model_dir / name).stat().st_mtime_ns, name
 
     # Training hyperparameters are not part of the tokenization key; max_length is.
     third = finetune_ner(settings=tiny_settings(train={"learning_rate": 1e-3, "epochs": 1}), return_state=True)
-    assert [state_of(third, name) for name in ("tokenize", "train")] == ["Cached", "Completed"]
+    assert [state_of(third, name) for name in ("tokenize", "train", "widget-predictions")] == ["Cached", "Completed", "Completed"]
     fourth = finetune_ner(settings=tiny_settings(tokenize={"max_length": 48}), return_state=True)
     assert state_of(fourth, "tokenize") == "Completed"
 
@@ -209,3 +214,31 @@ def test_cli_kill_and_rerun_resumes(tiny_settings, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resuming training from {checkpoints / first}" in out.stderr + out.stdout
     assert (Path(s.output_dir) / "killed" / "model" / "model.safetensors").is_file()
+
+
+def test_cli_runs_on_its_own_temporary_server(tiny_settings, tmp_path):
+    """With no PREFECT_API_URL, `nerflow train` starts a temporary server on 127.0.0.1 (while it imports
+    the pipeline), records the run and all its logs there, and stops the server before it exits."""
+    import socket
+    import sqlite3
+
+    s = tiny_settings(run_name="own-server")
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps(s.model_dump(mode="json")))
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "train", "--config", str(config)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    started = next(line for line in out.stderr.splitlines() if line.startswith("Starting temporary Prefect server on"))
+    port = int(started.rsplit(":", 1)[1])
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the temporary server is still running"
+
+    with sqlite3.connect(home / "prefect.db") as db:
+        runs = db.execute("SELECT id, state_name FROM flow_run").fetchall()
+        assert [state for _, state in runs] == ["Completed"]
+        logs = [m for (m,) in db.execute("SELECT message FROM log WHERE flow_run_id = ?", (runs[0][0],))]
+    assert any(m.startswith("Finished in state Completed") for m in logs), logs[-5:]  # the flow's last log line
+    assert any("model card written to" in m for m in logs)

@@ -76,13 +76,17 @@ def test_cache_key_depends_on_data_tokenizer_strategy_and_length_only():
 
 
 def test_tokenizer_fingerprint_is_content_based(tiny_bert, tmp_path):
+    import shutil
+
     from conftest import build_tiny_bert
 
-    a = tokenizer_fingerprint(load_tokenizer(ModelSettings(checkpoint=str(tiny_bert))))
-    again = tokenizer_fingerprint(load_tokenizer(ModelSettings(checkpoint=str(tiny_bert))))
+    a = tokenizer_fingerprint(ModelSettings(checkpoint=str(tiny_bert)))
+    copy = shutil.copytree(tiny_bert, tmp_path / "copy")
+    assert tokenizer_fingerprint(ModelSettings(checkpoint=str(copy))) == a  # content, not location
+    (copy / "model.safetensors").write_bytes(b"other weights")
+    assert tokenizer_fingerprint(ModelSettings(checkpoint=str(copy))) == a  # weights are not the tokenizer
     other = build_tiny_bert(tmp_path / "other", vocab_size=500)
-    b = tokenizer_fingerprint(load_tokenizer(ModelSettings(checkpoint=str(other))))
-    assert a == again and a != b
+    assert tokenizer_fingerprint(ModelSettings(checkpoint=str(other))) != a
 
 
 def test_roundtrip_flags_uncased_tokenizer(tiny_bert):
