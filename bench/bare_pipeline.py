@@ -32,7 +32,7 @@ def main() -> None:
     evaluation = evaluate_model(model, tokenized, run_dir, s.train.eval_batch_size)
     card = render_model_card(model, evaluation, dataset, tokenized, s, run_dir.name)
     widget_predictions(model.path, card.widget_examples)  # the flow shows them in its run summary
-    result = {"wall_s": time.perf_counter() - started, "test_f1": evaluation.test["f1"]}
+    result = {"wall_s": time.perf_counter() - started, "train_s": model.train_runtime_s, "test_f1": evaluation.test["f1"]}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result))
 
