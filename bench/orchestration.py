@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -40,8 +41,6 @@ def timed_cli(args: list[str], env: dict[str, str]) -> float:
 
 def training_seconds(runs_dir: Path) -> float:
     """The Trainer's own runtime in the run that trained (the only run so far), from its train_log.json."""
-    import json
-
     log = next(runs_dir.glob("*/train_log.json"))
     return float(json.loads(log.read_text(encoding="utf-8"))[-1]["train_runtime"])
 

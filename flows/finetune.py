@@ -15,13 +15,12 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from flows.settings import RunSettings
+from tasks.caching import adopt_outputs, cached_or_rebuilt
 from tasks.card import model_card_task, widget_predictions_task
-from tasks.evaluate import evaluate_task
+from tasks.evaluate import evaluate_task, metrics_exist
 from tasks.ingest import ingest_task
 from tasks.publish import publish_task
 from tasks.storage import atomic_write_json
-from tasks.caching import adopt_outputs, cached_or_rebuilt
-from tasks.evaluate import metrics_exist
 from tasks.tokenize import tokenize_task, tokenized_exists
 from tasks.train import model_exists, train_task
 

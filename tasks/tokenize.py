@@ -5,8 +5,8 @@ joiner, a control character) simply has no position and cannot shift the labels 
 
 The tokenized dataset is cached on disk under a key made of the dataset fingerprint, the tokenizer's
 fingerprint (a hash of its files or its content), the alignment strategy and the max length; training
-hyperparameters are not part of it, so changing them never re-tokenizes. The Prefect task uses the same key as its cache key, so an
-unchanged re-run shows the task as `Cached`.
+hyperparameters are not part of it, so changing them never re-tokenizes. The Prefect task uses the
+same key as its cache key, so an unchanged re-run shows the task as `Cached`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def load_tokenizer(model: ModelSettings):
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ot", ".ckpt"}
 
 
-def tokenizer_fingerprint(model: ModelSettings, tokenizer=None) -> str:
+def tokenizer_fingerprint(model: ModelSettings) -> str:
     """What the tokenizer is made of, as a hash: the cache key's tokenizer part.
 
     A local checkpoint folder is fingerprinted by its top-level files (vocabulary, tokenizer.json,
@@ -92,7 +92,7 @@ def tokenizer_fingerprint(model: ModelSettings, tokenizer=None) -> str:
         for file in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix not in WEIGHT_SUFFIXES):
             h.update(file.name.encode() + b"\x00" + hashlib.sha256(file.read_bytes()).digest())
         return h.hexdigest()
-    tokenizer = tokenizer or load_tokenizer(model)
+    tokenizer = load_tokenizer(model)
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     h.update(tokenizer.backend_tokenizer.to_str().encode())
     h.update(json.dumps(sorted(map(str, tokenizer.all_special_tokens))).encode())
@@ -230,12 +230,11 @@ def tokenize_dataset(
     dataset: DatasetRef, model: ModelSettings, settings: TokenizeSettings, cache_dir: Path
 ) -> TokenizedRef:
     """Tokenize and align every split, or reuse the cached result for the same key."""
-    tokenizer = load_tokenizer(model)
-    tok_fp = tokenizer_fingerprint(model, tokenizer)
+    tok_fp = tokenizer_fingerprint(model)  # a local folder's files: no tokenizer load to find the cache
     key = tokenization_key(dataset.fingerprint, tok_fp, settings)
     path = Path(cache_dir) / "tokenized" / key
     if not (path / "ref.json").is_file():
-        _build(dataset, model, settings, tokenizer, tok_fp, key, path)
+        _build(dataset, model, settings, load_tokenizer(model), tok_fp, key, path)
     else:
         log.info("tokenized dataset %s already on disk, reusing it", key)
     return TokenizedRef.model_validate_json((path / "ref.json").read_text(encoding="utf-8"))
