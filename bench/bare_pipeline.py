@@ -16,20 +16,13 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
 
+    from bench.common import nerflow_steps
     from flows.settings import load_settings
     from tasks.card import render_model_card, widget_predictions
-    from tasks.evaluate import evaluate_model
-    from tasks.ingest import ingest_dataset
-    from tasks.tokenize import tokenize_dataset
-    from tasks.train import train_model
 
     s = load_settings(args.config, args.overrides)
     run_dir = Path(s.output_dir) / (s.run_name or "bare")
-    cache = s.resolved_cache_dir()
-    dataset = ingest_dataset(s.dataset, cache)
-    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, cache)
-    model = train_model(tokenized, s.model, s.train, s.tracking, run_dir, run_dir.name)
-    evaluation = evaluate_model(model, tokenized, run_dir, s.train.eval_batch_size)
+    dataset, tokenized, model, evaluation = nerflow_steps(s, run_dir)
     card = render_model_card(model, evaluation, dataset, tokenized, s, run_dir.name)
     widget_predictions(model.path, card.widget_examples)  # the flow shows them in its run summary
     result = {"wall_s": time.perf_counter() - started, "train_s": model.train_runtime_s, "test_f1": evaluation.test["f1"]}

@@ -45,6 +45,25 @@ def subset(src: Path, dest: Path, sizes: dict[str, int | None]) -> Path:
     return dest
 
 
+def nerflow_steps(settings, run_dir: Path, train: bool = True):
+    """The pipeline's plain step functions in order, as the flow calls them (no Prefect):
+    (DatasetRef, TokenizedRef, ModelRef | None, EvaluationRef | None)."""
+    from tasks.evaluate import evaluate_model
+    from tasks.ingest import ingest_dataset
+    from tasks.refs import TrainJob
+    from tasks.tokenize import tokenize_dataset
+    from tasks.train import train_model
+
+    cache = settings.resolved_cache_dir()
+    dataset = ingest_dataset(settings.dataset, cache)
+    tokenized = tokenize_dataset(dataset, settings.model, settings.tokenize, cache)
+    if not train:
+        return dataset, tokenized, None, None
+    model = train_model(TrainJob.for_run(settings, tokenized, run_dir, Path(run_dir).name))
+    evaluation = evaluate_model(model, tokenized, run_dir, settings.train.eval_batch_size, settings.evaluation.decoding)
+    return dataset, tokenized, model, evaluation
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -18,37 +18,15 @@ from bench.common import LABELS, MINILM, data_dir, peak_rss_mib, report, run_iso
 
 
 def train_tutorial(folder: Path, epochs: int, out: Path) -> dict:
-    import datasets
-    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer
+    from bench.tutorial_recipe import fine_tune
 
-    from bench.tutorial_recipe import make_compute_metrics, tokenize_and_align_labels, training_arguments
-    from tasks.tokenize import resolve_checkpoint
-
-    path = resolve_checkpoint(MINILM)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    raw = datasets.load_dataset("json", data_files={s: str(folder / f"{s}.jsonl") for s in ("train", "validation")})
-    tokenized = raw.map(lambda ex: tokenize_and_align_labels(ex, tokenizer), batched=True, remove_columns=["tokens", "ner_tags"])
-    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(LABELS))
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(str(out / "checkpoints"), epochs),
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorForTokenClassification(tokenizer),
-        compute_metrics=make_compute_metrics(LABELS),
-    )
-    started = time.perf_counter()
-    trainer.train()
-    return {"train_wall_s": time.perf_counter() - started, "sentences": len(tokenized["train"])}
+    return fine_tune(folder, out, epochs, learning_rate=2e-5)
 
 
 def train_nerflow(folder: Path, epochs: int, out: Path) -> dict:
+    from bench.common import nerflow_steps
     from flows.settings import RunSettings
-    from tasks.ingest import ingest_dataset
-    from tasks.tokenize import tokenize_dataset
+    from tasks.refs import TrainJob
     from tasks.train import train_model
 
     # nerflow's defaults with the tutorial's hyperparameters; only the engineering differs.
@@ -60,10 +38,9 @@ def train_nerflow(folder: Path, epochs: int, out: Path) -> dict:
             "output_dir": str(out),
         }
     )
-    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
-    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
+    dataset, tokenized, _, _ = nerflow_steps(s, out / "run", train=False)
     started = time.perf_counter()
-    train_model(tokenized, s.model, s.train, s.tracking, out / "run", "bench")
+    train_model(TrainJob.for_run(s, tokenized, out / "run", "bench"))
     return {"train_wall_s": time.perf_counter() - started, "sentences": dataset.num_rows["train"]}
 
 

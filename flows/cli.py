@@ -173,9 +173,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(model_dir: str, texts: list[str], as_json: bool) -> int:
-    from flows.predict import load_ner_pipeline, predict_entities
+    from tasks.predict import NerPredictor
 
-    results = predict_entities(load_ner_pipeline(model_dir), texts)
+    results = NerPredictor(model_dir).predict(texts)
     if as_json:
         print(json.dumps([{"text": t, "entities": r} for t, r in zip(texts, results)], ensure_ascii=False, indent=2))
         return 0

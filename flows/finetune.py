@@ -21,6 +21,7 @@ from tasks.evaluate import evaluate_task, metrics_exist
 from tasks.ingest import ingest_task
 from tasks.publish import publish_task
 from tasks.storage import atomic_write_json
+from tasks.refs import TrainJob
 from tasks.tokenize import tokenize_task, tokenized_exists
 from tasks.train import model_exists, train_task
 
@@ -39,6 +40,9 @@ class RunResult(BaseModel):
     dataset_fingerprint: str
     resumed_from: str | None
     reused_model_from: str | None
+    train_runtime_s: float = 0.0
+    compile_s: float = 0.0
+    """Part of train_runtime_s spent compiling the model (train.compile)."""
     widget_predictions: list[dict] = []
     published: bool
     published_to: str
@@ -104,13 +108,14 @@ def finetune_ner(
 
     dataset = ingest_task(settings.dataset, cache_dir)
     tokenized = cached_or_rebuilt(tokenize_task, tokenized_exists, dataset, settings.model, settings.tokenize, cache_dir)
-    train = train_task if settings.train.reuse_cached_model else train_task.with_options(refresh_cache=True)
-    model = cached_or_rebuilt(
-        train, model_exists, tokenized, settings.model, settings.train, settings.tracking, str(run_dir), run_name
-    )
+    job = TrainJob.for_run(settings, tokenized, run_dir, run_name)
+    train_step = train_task if settings.train.reuse_cached_model else train_task.with_options(refresh_cache=True)
+    model = cached_or_rebuilt(train_step, model_exists, job)
     if model is None:  # a secondary node of a multi-node run: rank 0's node does the rest
         return None
-    evaluation = cached_or_rebuilt(evaluate_task, metrics_exist, model, tokenized, str(run_dir), settings.train.eval_batch_size)
+    evaluation = cached_or_rebuilt(
+        evaluate_task, metrics_exist, model, tokenized, str(run_dir), settings.train.eval_batch_size, settings.evaluation.decoding
+    )
     model, evaluation = adopt_outputs(run_dir, model, evaluation)  # cache hits may point to an earlier run
     card = model_card_task(model, evaluation, dataset, tokenized, settings, run_name)
     found = widget_predictions_task(model, card.widget_examples)
@@ -130,6 +135,8 @@ def finetune_ner(
         dataset_fingerprint=dataset.fingerprint,
         resumed_from=model.resumed_from,
         reused_model_from=model.reused_from,
+        train_runtime_s=model.train_runtime_s,
+        compile_s=model.compile_s,
         widget_predictions=found,
         published=publication.published,
         published_to=publication.location(),

@@ -15,16 +15,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.logging import get_run_logger
-from pydantic import BaseModel
 
-from flows.settings import RunSettings
+from tasks.settings import RunSettings
 from tasks.caching import fingerprint, model_identity
-from tasks.evaluate import SUBWORD_NOTE, WORD_LEVEL_NOTE, EvaluationRef, per_entity_table
-from tasks.ingest import DatasetRef, load_dataset_dict
+from tasks.evaluate import DECODING_NOTE, SUBWORD_NOTE, WORD_LEVEL_NOTE, per_entity_table
+from tasks.ingest import load_dataset_dict
 from tasks.plots import CONFUSION_MATRIX, TRAINING_CURVES, confusion_png, training_curves_png
+from tasks.refs import CardRef, DatasetRef, EvaluationRef, ModelRef, TokenizedRef
 from tasks.storage import atomic_write_text
-from tasks.tokenize import TokenizedRef
-from tasks.train import ModelRef
 
 # The five widget examples of the tutorial's Bengali model card.
 WIDGET_EXAMPLES: dict[str, list[str]] = {
@@ -65,7 +63,11 @@ Entity types: {{ entity_types|join(", ") }}.
 
 ## Results
 
-Scoring: {{ word_level_note }}.
+Scoring: {{ word_level_note }}; {{ decoding_note }}.
+{% if argmax_f1 is not none -%}
+With per-word argmax tags instead (what transformers' `pipeline` gives from these weights) the test F1 is
+{{ "%.4f"|format(argmax_f1) }}; `nerflow predict` decodes as scored here.
+{% endif %}
 
 | split | precision | recall | F1 | accuracy | entities |
 |---|---|---|---|---|---|
@@ -95,7 +97,7 @@ Subword-level F1 as the tutorial computes it (test: {{ "%.4f"|format(subword_f1.
 
 - Label alignment: `{{ alignment }}` ({{ alignment_text }}); max length {{ max_length }} subwords
 - Learning rate {{ train.learning_rate }}, batch size {{ train.batch_size }}, epochs {{ train.epochs }},
-  weight decay {{ train.weight_decay }}, warm-up steps {{ train.warmup_steps }}, seed {{ train.seed }}
+  weight decay {{ train.weight_decay }}, warm-up {{ warmup }}, seed {{ train.seed }}, {{ model.batching }} batches
 - nerflow run `{{ run_name }}`; best epoch chosen by word-level validation F1{% if model.best_checkpoint %} ({{ model.best_checkpoint }}){% endif %}
 - Hardware: {{ model.device }} ({{ model.precision }}), {{ "%.0f"|format(model.train_runtime_s) }} s of training
 
@@ -126,6 +128,9 @@ ner = pipeline("token-classification", model="{{ usage_id }}", aggregation_strat
 print(ner("{{ widget[0] }}"))
 ```
 
+The pipeline tags each word with its most likely label. The scores above{% if decoding == "iob2" %} decode
+each sentence as a valid IOB2 sequence, as `nerflow predict MODEL_DIR "text"` does{% else %} use the same rule{% endif %}.
+
 ## Intended use and limitations
 
 Intended for tagging {{ entity_types|join(", ") }} entities in {{ language_name }} text similar to the
@@ -145,12 +150,6 @@ ALIGNMENT_TEXT = {
     "all": "every subword is labelled; continuation pieces of a B- word get I-",
     "tutorial": "every subword gets its word's tag with B- copied, the tutorial's behaviour",
 }
-
-
-class CardRef(BaseModel):
-    path: str
-    widget_examples: list[str]
-    images: list[str] = []
 
 
 def widget_examples(settings: RunSettings, dataset: DatasetRef) -> list[str]:
@@ -237,6 +236,12 @@ def build_card(
         per_entity=per_entity_table(evaluation),
         subword_f1=evaluation.subword_level_tutorial_f1,
         word_level_note=WORD_LEVEL_NOTE,
+        decoding_note=DECODING_NOTE[evaluation.decoding],
+        decoding=evaluation.decoding,
+        argmax_f1=evaluation.word_level_argmax.get("test", {}).get("f1"),
+        warmup=f"{settings.train.warmup_steps} steps"
+        if settings.train.warmup_steps is not None
+        else f"{settings.train.warmup_ratio:.0%} of the steps",
         subword_note=SUBWORD_NOTE,
         label_names=dataset.label_names,
         entity_types=entity_types,
@@ -324,16 +329,16 @@ def render_model_card(
 
 def widget_predictions(model_dir: str, examples: list[str]) -> list[dict[str, Any]]:
     """Entities the model finds in each widget example, for the run summary."""
-    from flows.predict import load_ner_pipeline, predict_entities
+    from tasks.predict import NerPredictor
 
-    found = predict_entities(load_ner_pipeline(model_dir), examples)
+    found = NerPredictor(model_dir).predict(examples)
     return [{"text": text, "entities": entities} for text, entities in zip(examples, found)]
 
 
 def _widget_cache_key(context, inputs: dict[str, Any]) -> str:
     # The model's files, not its folder: a reused model hard-linked or copied into a new run keeps
     # size and modification time, so its predictions come from the cache without loading it.
-    return "widget-" + fingerprint("nerflow-widget-v1", model_identity(inputs["model"].path), inputs["examples"])
+    return "widget-" + fingerprint("nerflow-widget-v2", model_identity(inputs["model"].path), inputs["examples"])
 
 
 @task(name="model-card", cache_policy=NO_CACHE)

@@ -1,7 +1,7 @@
 """Training on several processes (GPUs, nodes) through torchrun and PyTorch DDP.
 
-The training task stays the same function: with more than one process it writes a small job file,
-starts `torchrun ... -m tasks.distributed JOB` in a subprocess, streams its output into the Prefect
+The training task stays the same function: with more than one process it writes the TrainJob to a
+file, starts `torchrun ... -m tasks.train JOB` in a subprocess, streams its output into the Prefect
 run log and reads back the `ModelRef` that rank 0 wrote. The Trainer does the distributed work
 (DistributedSampler, gradient all-reduce, rank-0-only checkpoints); rank 0 alone writes the model
 folder and the training log, and W&B logs once (the Trainer reports from the main process only).
@@ -9,17 +9,15 @@ folder and the training log, and W&B logs once (the Trainer reports from the mai
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.settings import ModelSettings, TrackingSettings, TrainSettings
+from tasks.settings import TrainSettings
 from tasks.storage import atomic_write_json
-from tasks.tokenize import TokenizedRef
+from tasks.refs import ModelRef, TrainJob
 
 JOB_FILE = ".distributed-job.json"
 RESULT_FILE = ".distributed-result.json"
@@ -54,37 +52,18 @@ def torchrun_command(train: TrainSettings, run_name: str, job_file: Path) -> lis
         ]
         if (rank := node_rank()) is not None:
             cmd.append(f"--node-rank={rank}")
-    return cmd + ["-m", "tasks.distributed", str(job_file)]
+    return cmd + ["-m", "tasks.train", str(job_file)]
 
 
-def launch_distributed(
-    tokenized: TokenizedRef,
-    model: ModelSettings,
-    train: TrainSettings,
-    tracking: TrackingSettings,
-    run_dir: Path,
-    run_name: str,
-    log_line: Callable[[str], None] = print,
-    progress_artifact_id: str | None = None,
-):
-    """Run train_model under torchrun; return rank 0's ModelRef."""
-    from tasks.train import ModelRef
-
-    run_dir = Path(run_dir)
+def launch_distributed(job: TrainJob, log_line: Callable[[str], None] = print) -> ModelRef | None:
+    """Run train_model under torchrun; return rank 0's ModelRef (None on the other nodes)."""
+    run_dir = Path(job.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    job = {
-        "tokenized": tokenized.model_dump(mode="json"),
-        "model": model.model_dump(mode="json"),
-        "train": train.model_dump(mode="json"),
-        "tracking": tracking.model_dump(mode="json"),
-        "run_dir": str(run_dir.resolve()),
-        "run_name": run_name,
-        "progress_artifact_id": progress_artifact_id,  # rank 0 updates it through the Prefect API
-    }
-    job_file = atomic_write_json(run_dir / JOB_FILE, job)
+    # progress_artifact_id travels along: rank 0 updates the artifact through the Prefect API.
+    job_file = atomic_write_json(run_dir / JOB_FILE, job.model_copy(update={"run_dir": str(run_dir)}).model_dump(mode="json"))
     result_file = run_dir / RESULT_FILE
     result_file.unlink(missing_ok=True)
-    cmd = torchrun_command(train, run_name, job_file)
+    cmd = torchrun_command(job.hparams, job.run_name, job_file)
     log_line("launching: " + " ".join(cmd[1:]))
     # Same process group: killing the task (or its parent) takes the training processes with it.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -97,31 +76,3 @@ def launch_distributed(
     if node_rank() not in (None, "0"):
         return None  # only the first node holds rank 0's result
     return ModelRef.model_validate_json(result_file.read_text(encoding="utf-8"))
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of each torchrun process."""
-    from tasks.train import train_model
-
-    rank = int(os.environ.get("RANK", "0"))
-    # force: importing Prefect already configured handlers that would swallow these lines.
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s", force=True
-    )
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    ref = train_model(
-        TokenizedRef.model_validate(job["tokenized"]),
-        ModelSettings.model_validate(job["model"]),
-        TrainSettings.model_validate(job["train"]),
-        TrackingSettings.model_validate(job["tracking"]),
-        Path(job["run_dir"]),
-        job["run_name"],
-        job.get("progress_artifact_id"),
-    )
-    if ref is not None:
-        atomic_write_json(Path(job["run_dir"]) / RESULT_FILE, ref.model_dump(mode="json"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,8 +1,9 @@
 """Step 4, evaluate: word-level seqeval scores of the trained model on validation and test.
 
-The headline numbers are word level: each word's tag is predicted at its first subword, exactly one
-prediction per word of the original sentence. The tutorial's subword-level F1 is reported beside them,
-labelled as such, only so the two can be compared.
+The headline numbers are word level: each word is scored at its first subword, its tag decoded as
+evaluation.decoding says (by default the best valid IOB2 sequence), exactly one prediction per word of
+the original sentence. Beside them: the same model with per-word argmax tags (what transformers'
+pipeline gives) and the tutorial's subword-level F1, each labelled, so all three can be compared.
 """
 
 from __future__ import annotations
@@ -14,84 +15,74 @@ from prefect import task
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
-from pydantic import BaseModel
 
+from tasks.batching import pad_multiple, resolve_batching
 from tasks.caching import fingerprint, model_identity
+from tasks.inference import SplitPredictions, choose_device, predict_tokenized
 from tasks.metrics import seqeval_scores, subword_level_sequences, type_confusion, word_level_sequences
+from tasks.refs import EvaluationRef, ModelRef, TokenizedRef
 from tasks.storage import atomic_write_json
-from tasks.tokenize import TokenizedRef, load_tokenized
-from tasks.train import ModelRef, choose_device
+from tasks.tokenize import load_tokenized
 
 EVAL_SPLITS = ("validation", "test")
 WORD_LEVEL_NOTE = (
     "seqeval (default mode) at word level: one prediction per word, taken at its first subword; words "
     "with no subword in the input (truncated, or yielding no subword) count as predicted O"
 )
+DECODING_NOTE = {
+    "iob2": "tags decoded as the most likely valid IOB2 sequence per sentence (Viterbi; I-X only after B-X or I-X)",
+    "argmax": "each word tagged with its most likely label, as transformers' token-classification pipeline does",
+}
 SUBWORD_NOTE = (
     "for comparison only: the tutorial's score, seqeval over every subword with the word's tag copied "
     "onto each piece (B- repeated); it is not a word-level F1"
 )
 
 
-class EvaluationRef(BaseModel):
-    path: str
-    word_level: dict[str, dict[str, Any]]
-    subword_level_tutorial_f1: dict[str, float]
-    test_confusion: dict[str, Any]
-    """Word counts by gold and predicted entity type on the test split (B-/I- merged)."""
-
-    @property
-    def test(self) -> dict[str, Any]:
-        return self.word_level["test"]
-
-
-def predict_label_ids(model_dir: str, split, batch_size: int) -> list[list[int]]:
-    """Predicted label id at every subword position of every sentence, in dataset order."""
+def predict_splits(model_dir: str, data, batch_size: int, label_names: list[str]) -> dict[str, SplitPredictions]:
+    """Load the saved model once and score every evaluated split."""
     import torch
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     device, bf16, fp16 = choose_device("auto")
     model = AutoModelForTokenClassification.from_pretrained(model_dir).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    collate = DataCollatorWithPadding(tokenizer)
-    inputs = [name for name in tokenizer.model_input_names if name in split.column_names]
-    columns = {name: list(split[name]) for name in inputs}
-    n = len(split)
-    # Length-sorted batches waste less compute on padding; results are put back in dataset order.
-    order = sorted(range(n), key=lambda i: len(columns["input_ids"][i]))
-    out: list[list[int]] = [[] for _ in range(n)]
-    autocast = torch.autocast(device, dtype=torch.bfloat16 if bf16 else torch.float16, enabled=bf16 or fp16)
-    with torch.inference_mode(), autocast:
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate([{name: columns[name][i] for name in inputs} for i in idx])
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            pred = logits.argmax(dim=-1).cpu().tolist()
-            for row, i in enumerate(idx):
-                out[i] = pred[row][: len(columns["input_ids"][i])]
-    return out
+    options = {
+        "pad_id": AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0,
+        "pad_multiple": pad_multiple(resolve_batching("auto", device), device),
+        "autocast_dtype": torch.bfloat16 if bf16 else torch.float16 if fp16 else None,
+    }
+    return {name: predict_tokenized(model, data[name], batch_size, label_names, **options) for name in EVAL_SPLITS}
 
 
-def evaluate_model(model: ModelRef, tokenized: TokenizedRef, run_dir: Path, batch_size: int = 64) -> EvaluationRef:
+def split_scores(predictions: SplitPredictions, split, names: list[str], decoding: str) -> tuple[dict, dict, float, Any]:
+    """(decoded word-level scores, argmax word-level scores, tutorial subword F1, decoded sequences)."""
+    word_ids, word_labels = list(split["word_ids"]), list(split["word_labels"])
+    decoded = word_level_sequences(predictions.word_scores, word_labels, names, decoding)
+    argmax = seqeval_scores(*word_level_sequences(predictions.word_scores, word_labels, names, "argmax"))
+    subword = seqeval_scores(*subword_level_sequences(predictions.subword_argmax, word_ids, word_labels, names))["f1"]
+    scores = seqeval_scores(*decoded) | {"sentences": len(split)}
+    return scores, {k: argmax[k] for k in ("precision", "recall", "f1")}, subword, decoded
+
+
+def evaluate_model(
+    model: ModelRef, tokenized: TokenizedRef, run_dir: Path, batch_size: int = 64, decoding: str = "iob2"
+) -> EvaluationRef:
     """Score the saved model on validation and test; write metrics.json into the run folder."""
     data = load_tokenized(tokenized)
     names = tokenized.label_names
-    word_level: dict[str, dict[str, Any]] = {}
-    subword_f1: dict[str, float] = {}
-    confusion: dict[str, Any] = {}
-    for split_name in EVAL_SPLITS:
-        split = data[split_name]
-        predictions = predict_label_ids(model.path, split, batch_size)
-        word_ids, word_labels = list(split["word_ids"]), list(split["word_labels"])
-        y_true, y_pred = word_level_sequences(predictions, word_ids, word_labels, names)
-        word_level[split_name] = seqeval_scores(y_true, y_pred)
+    word_level, argmax, subword_f1, confusion = {}, {}, {}, {}
+    for split_name, predictions in predict_splits(model.path, data, batch_size, names).items():
+        word_level[split_name], argmax[split_name], subword_f1[split_name], decoded = split_scores(
+            predictions, data[split_name], names, decoding
+        )
         if split_name == "test":
-            confusion = type_confusion(y_true, y_pred, names)
-        word_level[split_name]["sentences"] = len(split)
-        subword_f1[split_name] = seqeval_scores(*subword_level_sequences(predictions, word_ids, word_labels, names))["f1"]
+            confusion = type_confusion(*decoded, names)
     metrics = {
         "word_level": word_level,
-        "word_level_note": WORD_LEVEL_NOTE,
+        "word_level_note": f"{WORD_LEVEL_NOTE}; {DECODING_NOTE[decoding]}",
+        "decoding": decoding,
+        "word_level_argmax": argmax,
+        "word_level_argmax_note": DECODING_NOTE["argmax"],
         "subword_level_tutorial_f1": subword_f1,
         "subword_level_note": SUBWORD_NOTE,
         "alignment": tokenized.alignment,
@@ -99,7 +90,14 @@ def evaluate_model(model: ModelRef, tokenized: TokenizedRef, run_dir: Path, batc
         "test_confusion": confusion,
     }
     path = atomic_write_json(Path(run_dir) / "metrics.json", metrics)
-    return EvaluationRef(path=str(path), word_level=word_level, subword_level_tutorial_f1=subword_f1, test_confusion=confusion)
+    return EvaluationRef(
+        path=str(path),
+        decoding=decoding,
+        word_level=word_level,
+        word_level_argmax=argmax,
+        subword_level_tutorial_f1=subword_f1,
+        test_confusion=confusion,
+    )
 
 
 def overall_table(ev: EvaluationRef) -> list[dict[str, Any]]:
@@ -111,6 +109,7 @@ def overall_table(ev: EvaluationRef) -> list[dict[str, Any]]:
             "f1": round(s["f1"], 4),
             "accuracy": round(s["accuracy"], 4),
             "entities": s["support"],
+            "f1_argmax (pipeline decoding)": round(ev.word_level_argmax[split]["f1"], 4) if ev.word_level_argmax else None,
             "subword_f1_tutorial (comparison only)": round(ev.subword_level_tutorial_f1[split], 4),
         }
         for split, s in ev.word_level.items()
@@ -131,20 +130,27 @@ def metrics_exist(ref: EvaluationRef) -> bool:
 def _evaluate_cache_key(context, inputs: dict[str, Any]) -> str:
     model: ModelRef = inputs["model"]
     return "evaluate-" + fingerprint(
-        "nerflow-evaluate-v3", str(Path(model.path).resolve()), model_identity(model.path), inputs["tokenized"].cache_key
+        "nerflow-evaluate-v4",
+        str(Path(model.path).resolve()),
+        model_identity(model.path),
+        inputs["tokenized"].cache_key,
+        inputs["decoding"],
     )
 
 
 @task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_evaluate_cache_key), persist_result=True)
-def evaluate_task(model: ModelRef, tokenized: TokenizedRef, run_dir: str, batch_size: int = 64) -> EvaluationRef:
-    ev = evaluate_model(model, tokenized, Path(run_dir), batch_size)
+def evaluate_task(model: ModelRef, tokenized: TokenizedRef, run_dir: str, batch_size: int, decoding: str) -> EvaluationRef:
+    ev = evaluate_model(model, tokenized, Path(run_dir), batch_size, decoding)
     test = ev.test
     get_run_logger().info(
-        "test (word level): P %.4f R %.4f F1 %.4f accuracy %.4f | tutorial subword-level F1 %.4f (comparison only)",
+        "test (word level, %s decoding): P %.4f R %.4f F1 %.4f accuracy %.4f | argmax decoding F1 %.4f | "
+        "tutorial subword-level F1 %.4f (comparison only)",
+        decoding,
         test["precision"],
         test["recall"],
         test["f1"],
         test["accuracy"],
+        ev.word_level_argmax["test"]["f1"],
         ev.subword_level_tutorial_f1["test"],
     )
     create_table_artifact(key="metrics-overall", table=overall_table(ev), description=WORD_LEVEL_NOTE)

@@ -23,9 +23,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
-from pydantic import BaseModel
 
-from flows.settings import DatasetSettings
+from tasks.settings import DatasetSettings
+from tasks.refs import DatasetRef
 from tasks.retry import network_retry_condition
 from tasks.storage import atomic_dir
 
@@ -47,23 +47,6 @@ class DatasetValidationError(ValueError):
         shown = "\n".join(f"  - {p}" for p in problems)
         more = f"\n  ... and {total - len(problems)} more" if total > len(problems) else ""
         super().__init__(f"dataset validation failed ({total} problem(s)):\n{shown}{more}")
-
-
-class DatasetRef(BaseModel):
-    """A validated, normalised dataset on disk: what later steps receive instead of the data."""
-
-    path: str
-    fingerprint: str
-    source: str
-    config: str | None
-    revision: str
-    label_names: list[str]
-    num_rows: dict[str, int]
-    iob_violations: dict[str, int]
-    language: str | None
-    profile: list[dict[str, Any]]
-    split_names: dict[str, str]
-    """Dataset split name for each role (train/validation/test)."""
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Word-level NER scores with seqeval, shared by training (model selection) and evaluation.
 
-A word's prediction is the prediction at its first subword. Words the model never saw (cut by
-truncation, or yielding no subword) are predicted `O`, so they count against recall instead of
-vanishing from the score. The tutorial's subword-level score is kept only for comparison.
+A word's scores are the model's scores at its first subword; its tag comes from decoding them
+(tasks.decoding). Words the model never saw (cut by truncation, or yielding no subword) are predicted
+`O`, so they count against recall instead of vanishing from the score. The tutorial's subword-level
+score is kept only for comparison.
 """
 
 from __future__ import annotations
@@ -12,35 +13,25 @@ from typing import Any
 
 import numpy as np
 
+from tasks.decoding import decode
 from tasks.tokenize import IGNORE_INDEX, align_labels
 
 
-def word_predictions(pred_ids: Sequence[int], word_ids: Sequence[int | None], n_words: int) -> list[int | None]:
-    """Predicted label id per word (None where the word has no subword in the input)."""
-    out: list[int | None] = [None] * n_words
-    for pos, wid in enumerate(word_ids):
-        if wid is not None and out[wid] is None:
-            out[wid] = int(pred_ids[pos])
-    return out
-
-
 def word_level_sequences(
-    predictions: np.ndarray | Sequence[Sequence[int]],
-    word_ids: Sequence[Sequence[int | None]],
+    word_scores: Sequence[np.ndarray],
     word_labels: Sequence[Sequence[int]],
     label_names: Sequence[str],
+    decoding: str,
 ) -> tuple[list[list[str]], list[list[str]]]:
-    """Gold and predicted tag sequences, one tag per word of every sentence."""
-    y_true, y_pred = [], []
-    for preds, wids, gold in zip(predictions, word_ids, word_labels):
-        per_word = word_predictions(preds, wids, len(gold))
-        y_true.append([label_names[g] for g in gold])
-        y_pred.append(["O" if p is None or p < 0 else label_names[p] for p in per_word])
+    """Gold and predicted tag sequences, one tag per word of every sentence (see tasks.decoding)."""
+    predicted = decode(word_scores, label_names, decoding)
+    y_true = [[label_names[g] for g in gold] for gold in word_labels]
+    y_pred = [[label_names[p] for p in tags] for tags in predicted]
     return y_true, y_pred
 
 
 def subword_level_sequences(
-    predictions: np.ndarray | Sequence[Sequence[int]],
+    predictions: Sequence[Sequence[int]],
     word_ids: Sequence[Sequence[int | None]],
     word_labels: Sequence[Sequence[int]],
     label_names: Sequence[str],

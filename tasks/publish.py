@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
-from flows.settings import PublishSettings
+from tasks.settings import PublishSettings
 from tasks.retry import call_with_backoff, describe_error, http_status, network_retry_condition
 from tasks.secrets import resolve_secret
 

@@ -23,10 +23,10 @@ from prefect import task
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
-from pydantic import BaseModel
 
-from flows.settings import AlignmentStrategy, ModelSettings, TokenizeSettings
-from tasks.ingest import SPLIT_ROLES, DatasetRef, load_dataset_dict
+from tasks.settings import AlignmentStrategy, ModelSettings, TokenizeSettings
+from tasks.ingest import SPLIT_ROLES, load_dataset_dict
+from tasks.refs import DatasetRef, TokenizedRef
 from tasks.retry import network_retry_condition
 from tasks.storage import atomic_dir, atomic_write_json
 
@@ -37,20 +37,6 @@ _CACHE_VERSION = "nerflow-tokenized-v3"
 # Above these shares of distinct words, the tokenizer is losing information the tags depend on.
 NORMALIZER_WARN_SHARE = 0.01
 UNK_WARN_SHARE = 0.005
-
-
-class TokenizedRef(BaseModel):
-    path: str
-    cache_key: str
-    dataset_fingerprint: str
-    checkpoint: str
-    tokenizer_fingerprint: str
-    alignment: AlignmentStrategy
-    max_length: int
-    label_names: list[str]
-    stats: dict[str, dict[str, int]]
-    roundtrip: dict[str, Any]
-    warnings: list[str]
 
 
 # ------------------------------------------------------------------------------------------ tokenizer

@@ -94,6 +94,23 @@ def write_synthetic_dataset(folder: Path, n_train: int = 160) -> Path:
     return folder
 
 
+def prepare(settings):
+    """ingest + tokenize, as the flow does: (DatasetRef, TokenizedRef)."""
+    from tasks.ingest import ingest_dataset
+    from tasks.tokenize import tokenize_dataset
+
+    dataset = ingest_dataset(settings.dataset, settings.resolved_cache_dir())
+    return dataset, tokenize_dataset(dataset, settings.model, settings.tokenize, settings.resolved_cache_dir())
+
+
+def train(settings, tokenized, run_dir: Path, run_name: str | None = None):
+    """The train step's plain function on a job built from settings: the ModelRef."""
+    from tasks.refs import TrainJob
+    from tasks.train import train_model
+
+    return train_model(TrainJob.for_run(settings, tokenized, run_dir, run_name or Path(run_dir).name))
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

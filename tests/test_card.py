@@ -4,10 +4,7 @@ import pytest
 
 from flows.settings import RunSettings
 from tasks.card import WIDGET_EXAMPLES, check_card, render_model_card
-from tasks.evaluate import EvaluationRef
-from tasks.ingest import DatasetRef
-from tasks.tokenize import TokenizedRef
-from tasks.train import ModelRef
+from tasks.refs import DatasetRef, EvaluationRef, ModelRef, TokenizedRef
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 

@@ -9,14 +9,12 @@ import time
 from pathlib import Path
 
 
-from conftest import write_synthetic_dataset
+from conftest import prepare, train, write_synthetic_dataset
 from flows.settings import RunSettings
 from tasks.distributed import JOB_FILE, launch_distributed, torchrun_command
 from tasks.evaluate import evaluate_model
-from tasks.ingest import ingest_dataset
+from tasks.refs import TrainJob
 from tasks.storage import atomic_write_json
-from tasks.tokenize import tokenize_dataset
-from tasks.train import train_model
 
 # Same seed and effective batch (16 = 1 x 16 = 2 x 8); sampling order differs between a random and a
 # distributed sampler, so the scores may differ a little: this is the tolerance we hold DDP to.
@@ -51,13 +49,12 @@ def settings_for(tmp_path: Path, tiny_bert: Path, **train) -> RunSettings:
 def test_two_processes_match_one_with_the_same_effective_batch(tmp_path, tiny_bert):
     single = settings_for(tmp_path, tiny_bert, batch_size=16)
     ddp = settings_for(tmp_path, tiny_bert, batch_size=8, nproc_per_node=2)
-    dataset = ingest_dataset(single.dataset, single.resolved_cache_dir())
-    tokenized = tokenize_dataset(dataset, single.model, single.tokenize, single.resolved_cache_dir())
+    _, tokenized = prepare(single)
 
-    one = train_model(tokenized, single.model, single.train, single.tracking, tmp_path / "runs" / "one", "one")
+    one = train(single, tokenized, tmp_path / "runs" / "one")
     lines: list[str] = []
     started = time.perf_counter()
-    two = launch_distributed(tokenized, ddp.model, ddp.train, ddp.tracking, tmp_path / "runs" / "two", "two", lines.append)
+    two = launch_distributed(TrainJob.for_run(ddp, tokenized, tmp_path / "runs" / "two", "two"), lines.append)
     elapsed = time.perf_counter() - started
     print(f"two-process training took {elapsed:.1f} s")
 
@@ -78,23 +75,13 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path, tiny_be
 def test_ddp_run_killed_after_its_first_checkpoint_resumes(tmp_path, tiny_bert):
     s = settings_for(tmp_path, tiny_bert, batch_size=4, epochs=3, nproc_per_node=2)
     s = s.model_copy(update={"dataset": s.dataset.model_copy(update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))})})
-    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
-    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
+    _, tokenized = prepare(s)
     run_dir = tmp_path / "runs" / "killed"
     run_dir.mkdir(parents=True)
-    job = atomic_write_json(
-        run_dir / JOB_FILE,
-        {
-            "tokenized": tokenized.model_dump(mode="json"),
-            "model": s.model.model_dump(mode="json"),
-            "train": s.train.model_dump(mode="json"),
-            "tracking": s.tracking.model_dump(mode="json"),
-            "run_dir": str(run_dir),
-            "run_name": "killed",
-        },
-    )
+    job = TrainJob.for_run(s, tokenized, run_dir, "killed")
+    job_file = atomic_write_json(run_dir / JOB_FILE, job.model_dump(mode="json"))
     proc = subprocess.Popen(
-        torchrun_command(s.train, "killed", job), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        torchrun_command(s.train, "killed", job_file), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 240
@@ -110,7 +97,7 @@ def test_ddp_run_killed_after_its_first_checkpoint_resumes(tmp_path, tiny_bert):
     killed_at = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1].name
 
     lines: list[str] = []
-    ref = launch_distributed(tokenized, s.model, s.train, s.tracking, run_dir, "killed", lines.append)
+    ref = launch_distributed(job, lines.append)
     assert ref.resumed_from == killed_at
     assert any("resuming training from" in line for line in lines)
     assert (run_dir / "model" / "model.safetensors").is_file()

@@ -13,6 +13,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 import flows.finetune
 import tasks.train
+import tasks.trainer
 from flows.finetune import finetune_ner
 from tasks.ingest import SPLIT_ROLES
 
@@ -136,8 +137,8 @@ def test_killed_training_is_retried_and_resumes_from_its_checkpoint(tiny_setting
                 Preemption.fired = True
                 raise RuntimeError("simulated preemption right after the first checkpoint")
 
-    build = tasks.train.build_callbacks
-    monkeypatch.setattr(tasks.train, "build_callbacks", lambda: build() + [Preemption()])
+    build = tasks.trainer.build_callbacks
+    monkeypatch.setattr(tasks.trainer, "build_callbacks", lambda logger: build(logger) + [Preemption()])
     monkeypatch.setattr(flows.finetune, "train_task", tasks.train.train_task.with_options(retry_delay_seconds=0))
 
     state = finetune_ner(settings=tiny_settings(), return_state=True)
@@ -172,15 +173,12 @@ def test_invalid_dataset_fails_before_training(tiny_settings, tmp_path):
 
 def test_wandb_offline_run_folder(tiny_settings, tmp_path):
     wandb = pytest.importorskip("wandb")
-    from tasks.ingest import ingest_dataset
-    from tasks.tokenize import tokenize_dataset
-    from tasks.train import train_model
+    from conftest import prepare, train
 
     s = tiny_settings(train={"epochs": 1}, tracking={"backend": "wandb", "wandb_project": "nerflow-test"})
-    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
-    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
+    _, tokenized = prepare(s)
     run_dir = tmp_path / "wandb-run"
-    train_model(tokenized, s.model, s.train, s.tracking, run_dir, "wandb-run")
+    train(s, tokenized, run_dir)
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert any(offline_runs[0].glob("run-*.wandb"))

@@ -4,11 +4,9 @@ and `nerflow predict` must print the entities it finds."""
 import json
 
 from tasks.evaluate import evaluate_model
-from tasks.ingest import ingest_dataset
-from tasks.tokenize import tokenize_dataset
-from tasks.train import train_model
 
-from conftest import write_synthetic_dataset
+from conftest import prepare, train, write_synthetic_dataset
+
 
 def test_tiny_bert_learns_and_predict_prints_entities(tiny_settings, tmp_path, capsys):
     folder = write_synthetic_dataset(tmp_path / "synthetic")
@@ -16,11 +14,10 @@ def test_tiny_bert_learns_and_predict_prints_entities(tiny_settings, tmp_path, c
         dataset={"source": str(folder), "max_train_samples": None, "max_eval_samples": None},
         train={"epochs": 6, "learning_rate": 5e-3, "batch_size": 8},
     )
-    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
+    dataset, tokenized = prepare(s)
     assert dataset.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
-    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
     run_dir = tmp_path / "run"
-    model = train_model(tokenized, s.model, s.train, s.tracking, run_dir, "synthetic")
+    model = train(s, tokenized, run_dir)
     evaluation = evaluate_model(model, tokenized, run_dir)
     assert evaluation.test["f1"] > 0.9, evaluation.test
 

@@ -31,10 +31,7 @@ def finished_run(tmp_path_factory, tiny_bert) -> Path:
     """A real, finished run folder from the plain step functions (tiny BERT, 64 sentences)."""
     from tasks.card import render_model_card
     from tasks.evaluate import evaluate_model
-    from tasks.ingest import ingest_dataset
-    from tasks.tokenize import tokenize_dataset
-    from tasks.train import train_model
-    from conftest import SAMPLE_DIR
+    from conftest import SAMPLE_DIR, prepare, train
 
     root = tmp_path_factory.mktemp("published")
     s = RunSettings.model_validate(
@@ -50,9 +47,8 @@ def finished_run(tmp_path_factory, tiny_bert) -> Path:
     run_dir = root / "run-1"
     run_dir.mkdir()
     (run_dir / "settings.json").write_text(s.model_copy(update={"run_name": "run-1"}).model_dump_json())
-    dataset = ingest_dataset(s.dataset, s.resolved_cache_dir())
-    tokenized = tokenize_dataset(dataset, s.model, s.tokenize, s.resolved_cache_dir())
-    model = train_model(tokenized, s.model, s.train, s.tracking, run_dir, "run-1")
+    dataset, tokenized = prepare(s)
+    model = train(s, tokenized, run_dir)
     evaluation = evaluate_model(model, tokenized, run_dir)
     render_model_card(model, evaluation, dataset, tokenized, s, "run-1")
     return run_dir

@@ -41,6 +41,15 @@ def test_invalid_values_fail_naming_the_field(override, field):
     assert f"  {field}:" in str(err.value)
 
 
+def test_settings_saved_before_batching_existed_still_load():
+    old = RunSettings().model_dump(mode="json")
+    old["train"].pop("batching")
+    old["train"]["group_by_length"] = True
+    assert RunSettings.model_validate(old).train.batching == "length"
+    old["train"]["group_by_length"] = False
+    assert RunSettings.model_validate(old).train.batching == "random"
+
+
 def test_config_errors_name_the_file(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("train: [1, 2]\n")

@@ -1,0 +1,129 @@
+"""What the steps hand each other: small references to data and models on disk, never the data.
+
+Each step returns one of these and the next step takes it; Prefect caches and persists them (they are
+small and JSON-serialisable). They sit below the steps, beside the settings, so that no step imports
+another to know what it receives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tasks.settings import AlignmentStrategy, ModelSettings, RunSettings, TrackingSettings, TrainSettings
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class DatasetRef(BaseModel):
+    """A validated, normalised dataset on disk: what later steps receive instead of the data."""
+
+    path: str
+    fingerprint: str
+    source: str
+    config: str | None
+    revision: str
+    label_names: list[str]
+    num_rows: dict[str, int]
+    iob_violations: dict[str, int]
+    language: str | None
+    profile: list[dict[str, Any]]
+    split_names: dict[str, str]
+    """Dataset split name for each role (train/validation/test)."""
+
+
+class TokenizedRef(BaseModel):
+    """A tokenized, label-aligned dataset on disk (cached by key), with what tokenization lost."""
+
+    path: str
+    cache_key: str
+    dataset_fingerprint: str
+    checkpoint: str
+    tokenizer_fingerprint: str
+    alignment: AlignmentStrategy
+    max_length: int
+    label_names: list[str]
+    stats: dict[str, dict[str, int]]
+    roundtrip: dict[str, Any]
+    warnings: list[str]
+
+
+class ModelRef(BaseModel):
+    """A trained model folder (the best epoch) and how it was trained."""
+
+    path: str
+    run_dir: str
+    checkpoint_dir: str
+    resumed_from: str | None
+    best_checkpoint: str | None
+    best_validation_f1: float | None
+    device: str
+    precision: str
+    batching: str = "random"
+    compiled: bool = False
+    compile_s: float = 0.0
+    """Seconds spent compiling (torch.compile), part of train_runtime_s."""
+    decoding: str = "argmax"
+    train_runtime_s: float
+    train_samples_per_second: float | None
+    epochs: list[dict[str, Any]]
+    """One row per evaluated epoch: epoch, train loss, validation precision/recall/F1."""
+    reused_from: str | None = None
+    """Run folder this model was trained in, when a cache hit reused an earlier run's model."""
+
+
+class TrainJob(BaseModel):
+    """Everything one training needs: the train task, train_model and the torchrun entry point all take it."""
+
+    tokenized: TokenizedRef
+    pretrained: ModelSettings
+    hparams: TrainSettings
+    tracking: TrackingSettings
+    decoding: str
+    """How validation scores read word tags (evaluation.decoding): it picks the best epoch."""
+    run_dir: str
+    run_name: str
+    progress_artifact_id: str | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.run_dir) / CHECKPOINT_DIR
+
+    @classmethod
+    def for_run(cls, settings: RunSettings, tokenized: TokenizedRef, run_dir: str | Path, run_name: str) -> TrainJob:
+        return cls(
+            tokenized=tokenized,
+            pretrained=settings.model,
+            hparams=settings.train,
+            tracking=settings.tracking,
+            decoding=settings.evaluation.decoding,
+            run_dir=str(run_dir),
+            run_name=run_name,
+        )
+
+
+class EvaluationRef(BaseModel):
+    """Word-level scores of a trained model (metrics.json), decoded as evaluation.decoding says."""
+
+    path: str
+    decoding: str = "argmax"
+    word_level: dict[str, dict[str, Any]]
+    word_level_argmax: dict[str, dict[str, float]] = {}
+    """Overall scores with per-word argmax tags: what transformers' pipeline gets from the same model."""
+    subword_level_tutorial_f1: dict[str, float]
+    test_confusion: dict[str, Any]
+    """Word counts by gold and predicted entity type on the test split (B-/I- merged)."""
+
+    @property
+    def test(self) -> dict[str, Any]:
+        return self.word_level["test"]
+
+
+class CardRef(BaseModel):
+    """The model card (README.md in the model folder) and its widget examples and pictures."""
+
+    path: str
+    widget_examples: list[str]
+    images: list[str] = []

@@ -1,0 +1,230 @@
+"""The transformers Trainer as nerflow runs it: its sampler, word-level validation, callbacks, arguments.
+
+Imported only when a model is actually trained (it imports torch and transformers), so a cached re-run
+of the flow never pays for it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from tasks.settings import TrainSettings
+from tasks.batching import train_sampler
+from tasks.inference import predict_tokenized
+from tasks.metrics import seqeval_scores, word_level_sequences
+
+log = logging.getLogger(__name__)
+VALIDATION_METRICS = ("precision", "recall", "f1", "accuracy")
+
+
+class NerTrainer(Trainer):
+    """Batches from nerflow's sampler (tasks.batching); validation scored per word, decoded as the
+    evaluate step decodes, by the same inference code (no logits buffer, dataset order kept)."""
+
+    def __init__(self, *args: Any, batching: str, decoding: str, label_names: list[str], pad_multiple: int | None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.batching, self.decoding, self.label_names, self.pad_multiple = batching, decoding, label_names, pad_multiple
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        sampler = train_sampler(self.batching, lengths, self.args.per_device_train_batch_size, seed)
+        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        split = eval_dataset if eval_dataset is not None else self.eval_dataset
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        was_training = model.training
+        model.eval()
+        started = time.perf_counter()
+        predictions = predict_tokenized(
+            model,
+            split,
+            self.args.per_device_eval_batch_size,
+            self.label_names,
+            pad_multiple=self.pad_multiple,
+            autocast_dtype=torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None,
+        )
+        model.train(was_training)
+        scores = seqeval_scores(*word_level_sequences(predictions.word_scores, list(split["word_labels"]), self.label_names, self.decoding))
+        metrics = {f"{metric_key_prefix}_{k}": scores[k] for k in VALIDATION_METRICS}
+        if predictions.loss is not None:
+            metrics[f"{metric_key_prefix}_loss"] = predictions.loss
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - started, 3)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class EpochLogCallback(TrainerCallback):
+    """One log line per evaluation: epoch, training loss and validation scores."""
+
+    def __init__(self, logger: Callable[[], logging.Logger | logging.LoggerAdapter]) -> None:
+        self.logger, self.loss = logger, None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        metrics = metrics or {}
+        self.logger().info(
+            "epoch %.0f/%d | step %d/%d | train loss %s | val loss %.4f | val P %.4f R %.4f F1 %.4f",
+            state.epoch or 0,
+            args.num_train_epochs,
+            state.global_step,
+            state.max_steps,
+            f"{self.loss:.4f}" if self.loss is not None else "n/a",
+            metrics.get("eval_loss", float("nan")),
+            metrics.get("eval_precision", float("nan")),
+            metrics.get("eval_recall", float("nan")),
+            metrics.get("eval_f1", float("nan")),
+        )
+
+
+class BackgroundProgress:
+    """Sends the latest share of steps done to a Prefect progress artifact from a thread of its own, so
+    the training loop never waits on the API; values that arrive while one is being sent are coalesced."""
+
+    def __init__(self, artifact_id: str) -> None:
+        self.artifact_id = artifact_id
+        self._latest: tuple[float, str | None] | None = None
+        self._closed = False
+        self._wake = threading.Condition()
+        # The Prefect API settings of the run live in context variables: the thread runs in a copy.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._send_loop,), name="nerflow-progress", daemon=True)
+        self._thread.start()
+
+    def report(self, percent: float, description: str | None = None) -> None:
+        with self._wake:
+            self._latest = (percent, description)
+            self._wake.notify()
+
+    def close(self, timeout_s: float = 30) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout_s)
+
+    def _send_loop(self) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        sent = None
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._closed or self._latest != sent)
+                latest, closed = self._latest, self._closed
+            if latest is not None and latest != sent:
+                try:
+                    update_progress_artifact(self.artifact_id, progress=latest[0], description=latest[1])
+                except Exception as e:  # progress is informative; never fail training over it
+                    log.debug("progress update failed: %s", type(e).__name__)
+                sent = latest
+            if closed:
+                return
+
+
+class ProgressCallback(TrainerCallback):
+    """Keeps the run's progress artifact at the share of training steps done (rank 0 only)."""
+
+    def __init__(self, progress: BackgroundProgress, step_share: float = 0.02) -> None:
+        self.progress, self.step_share, self.reported = progress, step_share, -1.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.max_steps:
+            share = state.global_step / state.max_steps
+            if share - self.reported >= self.step_share:
+                self.progress.report(round(100 * share, 1))
+                self.reported = share
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.max_steps:
+            self.progress.report(round(100 * state.global_step / state.max_steps, 1))
+
+
+def build_callbacks(logger: Callable[[], logging.Logger | logging.LoggerAdapter]) -> list[TrainerCallback]:
+    """Trainer callbacks of a run (tests add a fault-injecting one here)."""
+    return [EpochLogCallback(logger)]
+
+
+def training_arguments(
+    hparams: TrainSettings,
+    checkpoint_dir: Path,
+    run_name: str,
+    device: str,
+    bf16: bool,
+    fp16: bool,
+    compile_model: bool = False,
+    distributed: bool = False,
+    report_to: list[str] | None = None,
+) -> TrainingArguments:
+    """nerflow's Trainer settings (also used by bench/gpu.py, so the benchmark measures these)."""
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        run_name=run_name,
+        learning_rate=hparams.learning_rate,
+        per_device_train_batch_size=hparams.batch_size,
+        per_device_eval_batch_size=hparams.eval_batch_size,
+        gradient_accumulation_steps=hparams.gradient_accumulation_steps,
+        num_train_epochs=hparams.epochs,
+        weight_decay=hparams.weight_decay,
+        # transformers reads a value below 1 as a share of the steps.
+        warmup_steps=hparams.warmup_steps if hparams.warmup_steps is not None else hparams.warmup_ratio,
+        seed=hparams.seed,
+        data_seed=hparams.seed,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=hparams.logging_steps,
+        # The NaN filter reads the loss on the host every step: a GPU would wait for each step to finish.
+        logging_nan_inf_filter=False,
+        load_best_model_at_end=True,
+        metric_for_best_model="f1",
+        greater_is_better=True,
+        save_total_limit=hparams.save_total_limit,
+        optim="adamw_torch_fused",
+        bf16=bf16,
+        fp16=fp16,
+        torch_compile=compile_model,
+        # CUDA graphs replay a whole step with one launch; a CPU has no graphs to replay.
+        torch_compile_mode="reduce-overhead" if compile_model and device == "cuda" else None,
+        use_cpu=device == "cpu",
+        dataloader_pin_memory=device == "cuda",
+        ddp_backend="gloo" if device == "cpu" and distributed else None,
+        ddp_find_unused_parameters=False,
+        report_to=report_to or "none",
+        disable_tqdm=True,
+    )
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process so far (forward and backward graphs)."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+
+        return float(calculate_time_spent().get("total_wall_time", 0.0))
+    except Exception:  # a torch without these counters: report no compile time rather than fail
+        return 0.0
+
+
+def is_compile_error(exc: BaseException) -> bool:
+    """An error raised by torch.compile's machinery (dynamo, inductor, CUDA graph trees)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(("torch._dynamo", "torch._inductor")):
+            return True
+        tb = tb.tb_next
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
