@@ -8,13 +8,17 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test serve bench install clean
+.PHONY: demo test test-fast serve bench install clean
 
 demo: $(VENV)/.installed-demo
 	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
 
 test: $(VENV)/.installed-test
 	$(OFFLINE) $(BIN)/python -m pytest
+
+# Everything but the end-to-end tests (servers, worker, browser, torchrun, benchmark scripts).
+test-fast: $(VENV)/.installed-test
+	$(OFFLINE) $(BIN)/python -m pytest -m "not slow"
 
 # A local Prefect server (SQLite), the `gpu` process pool, the deployments and a worker; prints the UI.
 serve: $(VENV)/.installed-demo

@@ -38,7 +38,7 @@ def synthetic_split(n: int, vocab: int, seed: int, max_words: int = 64):
     import numpy as np
     from datasets import Dataset
 
-    from tasks.tokenize import align_labels
+    from tasks.alignment import align_labels
 
     rng = np.random.default_rng(seed)
     rows = {"input_ids": [], "attention_mask": [], "labels": [], "word_ids": [], "word_labels": []}

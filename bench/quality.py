@@ -93,13 +93,12 @@ def run_plain(folder: Path, out: Path, args, seed: int) -> dict:
     from bench.common import nerflow_steps
     from bench.tutorial_recipe import fine_tune
     from tasks.evaluate import predict_splits, split_scores
-    from tasks.tokenize import load_tokenized
 
     started = time.perf_counter()
     plain = fine_tune(folder, out / f"plain-{seed}", args.epochs, args.lr, seed=seed, plain=True)
     # Scored like every other variant: nerflow's word-level scorer on the same tokenized test split.
     _, tokenized, _, _ = nerflow_steps(nerflow_settings(folder, out, args, seed, "nerflow"), out, train=False)
-    data = load_tokenized(tokenized)
+    data = tokenized.load()
     predictions = predict_splits(plain["model_dir"], data, 64, tokenized.label_names)["test"]
     scores, _, _, _ = split_scores(predictions, data["test"], tokenized.label_names, "argmax")
     return {

@@ -50,7 +50,9 @@ def tokenization_rates(folder: Path, repeats: int = 5) -> dict[str, float]:
 
     from bench.tutorial_recipe import tokenize_and_align_labels
     from flows.settings import ModelSettings
-    from tasks.tokenize import b_to_i_map, encode_batch, load_tokenizer
+    from tasks.alignment import b_to_i_map
+    from tasks.checkpoints import load_tokenizer
+    from tasks.tokenize import encode_batch
 
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     tokens = [r["tokens"] for r in rows]

@@ -97,7 +97,7 @@ def fine_tune(folder, out, epochs: int, learning_rate: float, seed: int = 42, pl
     from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, Trainer
 
     from bench.common import LABELS, MINILM
-    from tasks.tokenize import resolve_checkpoint
+    from tasks.checkpoints import resolve_checkpoint
 
     path = resolve_checkpoint(MINILM)
     tokenizer = AutoTokenizer.from_pretrained(path)

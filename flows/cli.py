@@ -6,8 +6,18 @@ import argparse
 import json
 import os
 import sys
+from typing import Any, get_args, get_origin
 
-from flows.settings import RunSettings, SettingsError, load_settings, settings_to_yaml
+from pydantic import BaseModel, ValidationError
+
+from flows.settings import (
+    PublishSettings,
+    RunSettings,
+    SettingsError,
+    describe_validation_error,
+    load_settings,
+    settings_to_yaml,
+)
 
 
 def _add_settings_args(p: argparse.ArgumentParser) -> None:
@@ -20,6 +30,50 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set train.epochs=3 (repeatable; values are YAML)",
     )
+
+
+# `nerflow publish` flags: PublishSettings fields under the command's own names. A name starting with
+# "no:" sets a boolean field to False (--public creates a public repository: hub_private=False).
+PUBLISH_FLAGS = {
+    "targets": "--target",
+    "hub_repo_id": "--repo-id",
+    "s3_uri": "--s3-uri",
+    "hub_private": "no:--public",
+    "hub_create_pr": "--create-pr",
+    "hub_tag_runs": "--tag",
+    "min_f1": "--min-f1",
+    "require_improvement": "--require-improvement",
+    "hf_token_block": "--hf-token-block",
+    "aws_credentials_block": "--aws-credentials-block",
+}
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, model: type[BaseModel], flags: dict[str, str]) -> None:
+    """Command-line flags for fields of a settings model: type, choices and help come from the field."""
+    for name, flag in flags.items():
+        field = model.model_fields[name]
+        options: dict[str, Any] = {"dest": name, "default": None, "help": field.description}
+        if flag.startswith("no:"):
+            flag, options["action"], options["const"] = flag[3:], "store_const", False
+            options["help"] = f"sets {name} to false; {name}: {field.description}"
+        elif field.annotation is bool:
+            options.update(action="store_const", const=True)
+        elif get_origin(field.annotation) is list:
+            (item,) = get_args(field.annotation)
+            options.update(action="append", choices=list(get_args(item)) or None, required=field.is_required() or name == "targets")
+        else:
+            numbers = [t for t in get_args(field.annotation) or (field.annotation,) if t in (int, float)]
+            options["type"] = numbers[0] if numbers else str
+        parser.add_argument(flag, **options)
+
+
+def settings_from_flags(args: argparse.Namespace, model: type[BaseModel], flags: dict[str, str], origin: str):
+    """The settings model from the flags that were given (the model's defaults for the rest)."""
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    try:
+        return model.model_validate(given)
+    except ValidationError as e:
+        raise SettingsError(describe_validation_error(e, origin)) from e
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,17 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser("publish", help="publish a finished run (no retraining)")
     publish.add_argument("run_dir", help="a run folder (OUTPUT_DIR/RUN_NAME)")
-    publish.add_argument("--target", action="append", choices=["local", "hub", "s3"], required=True, help="repeatable")
-    publish.add_argument("--repo-id", help="Hub repository owner/name (target hub)")
-    publish.add_argument("--s3-uri", help="s3://bucket/prefix (target s3)")
-    publish.add_argument("--public", action="store_true", help="create the Hub repository as public")
-    publish.add_argument("--create-pr", action="store_true", help="open a Hub pull request instead of committing")
-    publish.add_argument("--tag", action="store_true", help="tag the Hub commit run-<run name>")
-    publish.add_argument("--min-f1", type=float, help="do not publish below this word-level test F1")
-    publish.add_argument("--require-improvement", action="store_true", help="publish only if better than published")
+    add_setting_flags(publish, PublishSettings, PUBLISH_FLAGS)
     publish.add_argument("--model-name", help="stable model name (S3 folder); default: from the run's settings")
-    publish.add_argument("--hf-token-block", default="hf-token", help="Prefect Secret block with the Hub token")
-    publish.add_argument("--aws-credentials-block", help="Prefect AwsCredentials block (default: AWS environment)")
 
     pool = sub.add_parser("pool", help="work pools for the deployments")
     pool_sub = pool.add_subparsers(dest="pool_command", required=True)
@@ -94,27 +139,10 @@ def cmd_train(settings: RunSettings) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pydantic import ValidationError
-
-    from flows.settings import PublishSettings, describe_validation_error
     from tasks.publish import PublishError, publish_run
 
     run_dir = Path(args.run_dir)
-    try:
-        publish = PublishSettings(
-            targets=args.target,
-            hub_repo_id=args.repo_id,
-            s3_uri=args.s3_uri,
-            hub_private=not args.public,
-            hub_create_pr=args.create_pr,
-            hub_tag_runs=args.tag,
-            min_f1=args.min_f1,
-            require_improvement=args.require_improvement,
-            hf_token_block=args.hf_token_block,
-            aws_credentials_block=args.aws_credentials_block,
-        )
-    except ValidationError as e:
-        raise SettingsError(describe_validation_error(e, "publish options")) from e
+    publish = settings_from_flags(args, PublishSettings, PUBLISH_FLAGS, "publish options")
     model_name = args.model_name
     if not model_name:
         saved = run_dir / "settings.json"

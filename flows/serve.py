@@ -100,8 +100,8 @@ def free_port() -> int:
 def temporary_server_when_needed() -> Iterator[Callable[[], AbstractContextManager]]:
     """Prefect's temporary local server for a run when no Prefect API is configured, started early.
 
-    Left to itself, a flow run with no PREFECT_API_URL imports the server's code in-process (~3.5 s
-    here) and then waits for the server to boot (~5.5 s) before its first task. Started here, the
+    Left to itself, a flow run with no PREFECT_API_URL imports the server's code in-process and then
+    waits for the server to boot before its first task. Started here, the
     same server (uvicorn with Prefect's app factory and the flags Prefect's SubprocessASGIServer sets,
     on 127.0.0.1) boots in its own process while the caller imports the pipeline. Usage:
 

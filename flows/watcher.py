@@ -18,7 +18,7 @@ from prefect.variables import Variable
 from pydantic import BaseModel
 
 from flows.settings import DatasetSettings
-from tasks.ingest import source_revision
+from tasks.sources import source_revision
 from tasks.retry import network_retry_condition
 
 EVENT = "nerflow.dataset.updated"

@@ -54,7 +54,10 @@ class _EpochSeeded(Sampler[int]):
 
 
 class ShuffledLengthGroups(_EpochSeeded):
-    """Batches of similar length, in random order; each sentence once per epoch."""
+    """Batches of similar length, in random order, the longest batch first; each sentence once per epoch.
+
+    The longest batch leads (as in transformers' sampler) so that memory peaks, and an out-of-memory
+    error shows, at the first step; later batches, and validation, reuse what it allocated."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
         super().__init__(len(lengths), seed)
@@ -71,8 +74,11 @@ class ShuffledLengthGroups(_EpochSeeded):
         for start in range(0, self.n, size):
             mega = sorted(order[start : start + size], key=self.lengths.__getitem__)
             batches += [mega[i : i + self.batch_size] for i in range(0, len(mega), self.batch_size)]
-        for b in torch.randperm(len(batches), generator=g).tolist():
-            yield from batches[b]
+        batches = [batches[b] for b in torch.randperm(len(batches), generator=g).tolist()]
+        longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
+        batches[0], batches[longest] = batches[longest], batches[0]
+        for batch in batches:
+            yield from batch
 
 
 class FullBatches(_EpochSeeded):
@@ -101,17 +107,28 @@ def train_sampler(batching: str, lengths: Sequence[int], batch_size: int, seed: 
     return None
 
 
+# Inference batches hold at most batch_size sentences and this many padded subwords per sentence on
+# average: the batch of the longest sentences is smaller, so it does not set the peak memory.
+TOKENS_PER_SENTENCE = 48
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Inference batches: sentence indices sorted by length, cut into batches (results go back by index)."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    """Inference batches: sentence indices sorted by length (results go back by index), cut at
+    batch_size sentences or batch_size * TOKENS_PER_SENTENCE padded subwords."""
+    budget = batch_size * TOKENS_PER_SENTENCE
+    batches: list[list[int]] = [[]]
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * lengths[i] > budget:
+            batches.append([])
+        batches[-1].append(i)
+    return [b for b in batches if b]
 
 
 class PadCollator:
     """Pads a list of tokenized sentences into tensors: input_ids (pad id), attention_mask, labels (-100).
 
-    Plain tensor writes, no tokenizer call per batch: on a GPU whose step takes a few milliseconds,
-    the collator must not become the bottleneck."""
+    Plain tensor writes, no tokenizer call per batch: on a GPU running captured graphs, the collator
+    must not become the bottleneck."""
 
     def __init__(self, pad_id: int, multiple: int | None = None, max_length: int | None = None) -> None:
         self.pad_id, self.multiple, self.max_length = pad_id, multiple, max_length

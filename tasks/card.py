@@ -1,4 +1,4 @@
-"""Step 5, model card: the Hugging Face `README.md` inside the model folder.
+"""model card: the Hugging Face `README.md` inside the model folder.
 
 Built with huggingface_hub's ModelCard/ModelCardData so the metadata (language, license, base model,
 datasets, widget, model-index with the word-level test scores) is what the Hub expects; `check_card`
@@ -18,8 +18,7 @@ from prefect.logging import get_run_logger
 
 from tasks.settings import RunSettings
 from tasks.caching import fingerprint, model_identity
-from tasks.evaluate import DECODING_NOTE, SUBWORD_NOTE, WORD_LEVEL_NOTE, per_entity_table
-from tasks.ingest import load_dataset_dict
+from tasks.metrics import DECODING_NOTE, SUBWORD_NOTE, WORD_LEVEL_NOTE, per_entity_table
 from tasks.plots import CONFUSION_MATRIX, TRAINING_CURVES, confusion_png, training_curves_png
 from tasks.refs import CardRef, DatasetRef, EvaluationRef, ModelRef, TokenizedRef
 from tasks.storage import atomic_write_text
@@ -43,107 +42,7 @@ WIDGET_EXAMPLES: dict[str, list[str]] = {
 }
 N_FALLBACK_EXAMPLES = 5
 
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ model_name }}
-
-A token-classification (named-entity recognition) model fine-tuned from
-{{ base_model_link }} on {{ dataset_link }}, trained and evaluated by
-[nerflow](https://github.com/nerflow/nerflow).
-
-Test scores (word level, seqeval): **F1 {{ "%.4f"|format(test.f1) }}**, precision {{ "%.4f"|format(test.precision) }},
-recall {{ "%.4f"|format(test.recall) }}, accuracy {{ "%.4f"|format(test.accuracy) }} on {{ test.sentences }} sentences.
-
-## Labels
-
-IOB2 scheme, {{ label_names|length }} tags: {% for name in label_names %}`{{ name }}`{% if not loop.last %}, {% endif %}{% endfor %}.
-Entity types: {{ entity_types|join(", ") }}.
-
-## Results
-
-Scoring: {{ word_level_note }}; {{ decoding_note }}.
-{% if argmax_f1 is not none -%}
-With per-word argmax tags instead (what transformers' `pipeline` gives from these weights) the test F1 is
-{{ "%.4f"|format(argmax_f1) }}; `nerflow predict` decodes as scored here.
-{% endif %}
-
-| split | precision | recall | F1 | accuracy | entities |
-|---|---|---|---|---|---|
-{% for split, s in word_level.items() -%}
-| {{ split }} | {{ "%.4f"|format(s.precision) }} | {{ "%.4f"|format(s.recall) }} | {{ "%.4f"|format(s.f1) }} | {{ "%.4f"|format(s.accuracy) }} | {{ s.support }} |
-{% endfor %}
-Per entity type (test):
-
-| entity | precision | recall | F1 | support |
-|---|---|---|---|---|
-{% for row in per_entity -%}
-| {{ row.entity }} | {{ "%.4f"|format(row.precision) }} | {{ "%.4f"|format(row.recall) }} | {{ "%.4f"|format(row.f1) }} | {{ row.support }} |
-{% endfor %}
-{% if confusion_image -%}
-![Confusion of entity types on the test split (words)]({{ confusion_image }})
-
-{% endif -%}
-Subword-level F1 as the tutorial computes it (test: {{ "%.4f"|format(subword_f1.test) }}): {{ subword_note }}.
-
-## Training data
-
-- Source: `{{ dataset.source }}`{% if dataset.config %}, config `{{ dataset.config }}`{% endif %}
-- Revision: `{{ dataset.revision }}`; content fingerprint `{{ dataset.fingerprint[:16] }}`
-- Sentences: {% for split, n in dataset.num_rows.items() %}{{ split }} {{ n }}{% if not loop.last %}, {% endif %}{% endfor %}
-
-## Training procedure
-
-- Label alignment: `{{ alignment }}` ({{ alignment_text }}); max length {{ max_length }} subwords
-- Learning rate {{ train.learning_rate }}, batch size {{ train.batch_size }}, epochs {{ train.epochs }},
-  weight decay {{ train.weight_decay }}, warm-up {{ warmup }}, seed {{ train.seed }}, {{ model.batching }} batches
-- nerflow run `{{ run_name }}`; best epoch chosen by word-level validation F1{% if model.best_checkpoint %} ({{ model.best_checkpoint }}){% endif %}
-- Hardware: {{ model.device }} ({{ model.precision }}), {{ "%.0f"|format(model.train_runtime_s) }} s of training
-
-{% if epochs -%}
-| epoch | training loss | validation loss | validation F1 |
-|---|---|---|---|
-{% for e in epochs -%}
-| {{ e.epoch }} | {{ e.train_loss if e.train_loss is not none else "n/a" }} | {{ "%.4f"|format(e.eval_loss) if e.eval_loss is not none else "n/a" }} | {{ "%.4f"|format(e.val_f1) }} |
-{% endfor %}
-{%- endif %}
-{% if curves_image -%}
-![Training loss and validation F1 per epoch]({{ curves_image }})
-
-{% endif -%}
-{% if warnings -%}
-Tokenization warnings:
-{% for w in warnings %}
-- {{ w }}
-{%- endfor %}
-{%- endif %}
-
-## How to use
-
-```python
-from transformers import pipeline
-
-ner = pipeline("token-classification", model="{{ usage_id }}", aggregation_strategy="first")
-print(ner("{{ widget[0] }}"))
-```
-
-The pipeline tags each word with its most likely label. The scores above{% if decoding == "iob2" %} decode
-each sentence as a valid IOB2 sequence, as `nerflow predict MODEL_DIR "text"` does{% else %} use the same rule{% endif %}.
-
-## Intended use and limitations
-
-Intended for tagging {{ entity_types|join(", ") }} entities in {{ language_name }} text similar to the
-training data ({{ dataset.source }}). WikiANN-style labels are derived automatically from Wikipedia
-links, so they are noisy and skewed towards short, title-like spans; expect lower scores on running
-text from other domains. Scores above are for the test split of the same distribution.
-Do not use the model for decisions about people without human review.
-
-## Framework versions
-
-{% for name, version in versions.items() %}- {{ name }} {{ version }}
-{% endfor %}
-"""
+CARD_TEMPLATE = (Path(__file__).parent / "model_card.jinja").read_text(encoding="utf-8")
 
 ALIGNMENT_TEXT = {
     "first": "the first subword of each word carries its label; the others are ignored by the loss",
@@ -157,7 +56,7 @@ def widget_examples(settings: RunSettings, dataset: DatasetRef) -> list[str]:
         return list(settings.card.widget_examples)
     if dataset.language in WIDGET_EXAMPLES:
         return WIDGET_EXAMPLES[dataset.language]
-    test = load_dataset_dict(dataset)["test"]
+    test = dataset.load()["test"]
     return [" ".join(tokens) for tokens in test.select(range(min(N_FALLBACK_EXAMPLES, len(test))))["tokens"]]
 
 
@@ -166,6 +65,14 @@ def _hub_id(name: str) -> str | None:
     if name.startswith(("package:", "s3://", "/", ".", "~")) or Path(name).exists() or name.count("/") > 1:
         return None
     return name
+
+
+def _base_model(settings: RunSettings) -> str | None:
+    return settings.model.base_model_id or _hub_id(settings.model.checkpoint)
+
+
+def _dataset_name(dataset: DatasetRef) -> str:
+    return f"{dataset.source} ({dataset.config})" if dataset.config else dataset.source
 
 
 def _versions() -> dict[str, str]:
@@ -178,6 +85,88 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def card_metadata(evaluation: EvaluationRef, dataset: DatasetRef, settings: RunSettings, examples: list[str]):
+    """The card's YAML header: what the Hub indexes (language, license, base model, datasets, widget,
+    model-index with the word-level test scores)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset_id = _hub_id(dataset.source)
+    eval_results = [
+        EvalResult(
+            task_type="token-classification",
+            task_name="Named Entity Recognition",
+            dataset_type=dataset_id or "local",
+            dataset_name=_dataset_name(dataset),
+            dataset_config=dataset.config,
+            dataset_split=dataset.split_names["test"],
+            dataset_revision=dataset.revision,
+            metric_type=metric,
+            metric_name=f"{metric.capitalize()} (word level, seqeval)",
+            metric_value=round(float(evaluation.test[metric]), 4),
+        )
+        for metric in ("f1", "precision", "recall", "accuracy")
+    ]
+    return ModelCardData(
+        model_name=settings.resolved_model_name(),
+        language=[dataset.language] if dataset.language else None,
+        license=settings.card.license,
+        library_name="transformers",
+        pipeline_tag="token-classification",
+        tags=["token-classification", "ner", "nerflow"] + (["wikiann"] if "wikiann" in dataset.source else []),
+        datasets=[dataset_id] if dataset_id else None,
+        base_model=_base_model(settings),
+        metrics=["precision", "recall", "f1", "accuracy"],
+        eval_results=eval_results,
+        widget=[{"text": text, "example_title": f"Sentence_{i}"} for i, text in enumerate(examples, start=1)],
+    )
+
+
+def template_context(
+    model: ModelRef,
+    evaluation: EvaluationRef,
+    dataset: DatasetRef,
+    tokenized: TokenizedRef,
+    settings: RunSettings,
+    run_name: str,
+    examples: list[str],
+    images: dict[str, str],
+) -> dict[str, Any]:
+    """What the card's body (model_card.jinja) shows."""
+    base_model, dataset_id, hparams = _base_model(settings), _hub_id(dataset.source), settings.train
+    return {
+        "model_name": settings.resolved_model_name(),
+        "base_model_link": f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{settings.model.checkpoint}`",
+        "dataset_link": f"[{_dataset_name(dataset)}](https://huggingface.co/datasets/{dataset_id})" if dataset_id else f"`{dataset.source}`",
+        "test": evaluation.test,
+        "word_level": evaluation.word_level,
+        "per_entity": per_entity_table(evaluation),
+        "subword_f1": evaluation.subword_level_tutorial_f1,
+        "word_level_note": WORD_LEVEL_NOTE,
+        "decoding_note": DECODING_NOTE[evaluation.decoding],
+        "decoding": evaluation.decoding,
+        "argmax_f1": evaluation.word_level_argmax.get("test", {}).get("f1"),
+        "subword_note": SUBWORD_NOTE,
+        "warmup": f"{hparams.warmup_steps} steps" if hparams.warmup_steps is not None else f"{hparams.warmup_ratio:.0%} of the steps",
+        "label_names": dataset.label_names,
+        "entity_types": sorted({n[2:] for n in dataset.label_names if n != "O"}),
+        "dataset": dataset,
+        "alignment": tokenized.alignment,
+        "alignment_text": ALIGNMENT_TEXT[tokenized.alignment],
+        "max_length": tokenized.max_length,
+        "warnings": tokenized.warnings,
+        "train": hparams,
+        "model": model,
+        "epochs": model.epochs,
+        "widget": examples,
+        "usage_id": settings.publish.hub_repo_id or "path/to/model",
+        "language_name": dataset.language or "the training data's language",
+        "versions": _versions(),
+        "run_name": run_name,
+        "curves_image": images.get("curves"),
+        "confusion_image": images.get("confusion"),
+    }
+
+
 def build_card(
     model: ModelRef,
     evaluation: EvaluationRef,
@@ -187,80 +176,11 @@ def build_card(
     run_name: str,
     images: dict[str, str] | None = None,
 ):
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
-    base_model = settings.model.base_model_id or _hub_id(settings.model.checkpoint)
-    dataset_id = _hub_id(dataset.source)
-    language = dataset.language
     examples = widget_examples(settings, dataset)
-    test = evaluation.test
-    dataset_name = f"{dataset.source} ({dataset.config})" if dataset.config else dataset.source
-    eval_results = [
-        EvalResult(
-            task_type="token-classification",
-            task_name="Named Entity Recognition",
-            dataset_type=dataset_id or "local",
-            dataset_name=dataset_name,
-            dataset_config=dataset.config,
-            dataset_split=dataset.split_names["test"],
-            dataset_revision=dataset.revision,
-            metric_type=metric,
-            metric_name=f"{metric.capitalize()} (word level, seqeval)",
-            metric_value=round(float(test[metric]), 4),
-        )
-        for metric in ("f1", "precision", "recall", "accuracy")
-    ]
-    model_name = settings.resolved_model_name()
-    card_data = ModelCardData(
-        model_name=model_name,
-        language=[language] if language else None,
-        license=settings.card.license,
-        library_name="transformers",
-        pipeline_tag="token-classification",
-        tags=["token-classification", "ner", "nerflow"] + (["wikiann"] if "wikiann" in dataset.source else []),
-        datasets=[dataset_id] if dataset_id else None,
-        base_model=base_model,
-        metrics=["precision", "recall", "f1", "accuracy"],
-        eval_results=eval_results,
-        widget=[{"text": text, "example_title": f"Sentence_{i}"} for i, text in enumerate(examples, start=1)],
-    )
-    entity_types = sorted({n[2:] for n in dataset.label_names if n != "O"})
-    return ModelCard.from_template(
-        card_data,
-        template_str=CARD_TEMPLATE,
-        model_name=model_name,
-        base_model_link=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{settings.model.checkpoint}`",
-        dataset_link=f"[{dataset_name}](https://huggingface.co/datasets/{dataset_id})" if dataset_id else f"`{dataset.source}`",
-        test=test,
-        word_level=evaluation.word_level,
-        per_entity=per_entity_table(evaluation),
-        subword_f1=evaluation.subword_level_tutorial_f1,
-        word_level_note=WORD_LEVEL_NOTE,
-        decoding_note=DECODING_NOTE[evaluation.decoding],
-        decoding=evaluation.decoding,
-        argmax_f1=evaluation.word_level_argmax.get("test", {}).get("f1"),
-        warmup=f"{settings.train.warmup_steps} steps"
-        if settings.train.warmup_steps is not None
-        else f"{settings.train.warmup_ratio:.0%} of the steps",
-        subword_note=SUBWORD_NOTE,
-        label_names=dataset.label_names,
-        entity_types=entity_types,
-        dataset=dataset,
-        alignment=tokenized.alignment,
-        alignment_text=ALIGNMENT_TEXT[tokenized.alignment],
-        max_length=tokenized.max_length,
-        warnings=tokenized.warnings,
-        train=settings.train,
-        model=model,
-        epochs=model.epochs,
-        widget=examples,
-        usage_id=settings.publish.hub_repo_id or "path/to/model",
-        language_name=language or "the training data's language",
-        versions=_versions(),
-        run_name=run_name,
-        curves_image=(images or {}).get("curves"),
-        confusion_image=(images or {}).get("confusion"),
-    )
+    context = template_context(model, evaluation, dataset, tokenized, settings, run_name, examples, images or {})
+    return ModelCard.from_template(card_metadata(evaluation, dataset, settings, examples), template_str=CARD_TEMPLATE, **context)
 
 
 def check_card(path: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Step 4, evaluate: word-level seqeval scores of the trained model on validation and test.
+"""evaluate: word-level seqeval scores of the trained model on validation and test.
 
 The headline numbers are word level: each word is scored at its first subword, its tag decoded as
 evaluation.decoding says (by default the best valid IOB2 sequence), exactly one prediction per word of
@@ -19,26 +19,20 @@ from prefect.logging import get_run_logger
 from tasks.batching import pad_multiple, resolve_batching
 from tasks.caching import fingerprint, model_identity
 from tasks.inference import SplitPredictions, choose_device, predict_tokenized
-from tasks.metrics import seqeval_scores, subword_level_sequences, type_confusion, word_level_sequences
+from tasks.metrics import (
+    DECODING_NOTE,
+    SUBWORD_NOTE,
+    WORD_LEVEL_NOTE,
+    per_entity_table,
+    seqeval_scores,
+    subword_level_sequences,
+    type_confusion,
+    word_level_sequences,
+)
 from tasks.refs import EvaluationRef, ModelRef, TokenizedRef
 from tasks.storage import atomic_write_json
-from tasks.tokenize import load_tokenized
 
 EVAL_SPLITS = ("validation", "test")
-WORD_LEVEL_NOTE = (
-    "seqeval (default mode) at word level: one prediction per word, taken at its first subword; words "
-    "with no subword in the input (truncated, or yielding no subword) count as predicted O"
-)
-DECODING_NOTE = {
-    "iob2": "tags decoded as the most likely valid IOB2 sequence per sentence (Viterbi; I-X only after B-X or I-X)",
-    "argmax": "each word tagged with its most likely label, as transformers' token-classification pipeline does",
-}
-SUBWORD_NOTE = (
-    "for comparison only: the tutorial's score, seqeval over every subword with the word's tag copied "
-    "onto each piece (B- repeated); it is not a word-level F1"
-)
-
-
 def predict_splits(model_dir: str, data, batch_size: int, label_names: list[str]) -> dict[str, SplitPredictions]:
     """Load the saved model once and score every evaluated split."""
     import torch
@@ -68,7 +62,7 @@ def evaluate_model(
     model: ModelRef, tokenized: TokenizedRef, run_dir: Path, batch_size: int = 64, decoding: str = "iob2"
 ) -> EvaluationRef:
     """Score the saved model on validation and test; write metrics.json into the run folder."""
-    data = load_tokenized(tokenized)
+    data = tokenized.load()
     names = tokenized.label_names
     word_level, argmax, subword_f1, confusion = {}, {}, {}, {}
     for split_name, predictions in predict_splits(model.path, data, batch_size, names).items():
@@ -113,13 +107,6 @@ def overall_table(ev: EvaluationRef) -> list[dict[str, Any]]:
             "subword_f1_tutorial (comparison only)": round(ev.subword_level_tutorial_f1[split], 4),
         }
         for split, s in ev.word_level.items()
-    ]
-
-
-def per_entity_table(ev: EvaluationRef, split: str = "test") -> list[dict[str, Any]]:
-    return [
-        {"entity": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()}}
-        for name, s in sorted(ev.word_level[split]["per_entity"].items())
     ]
 
 

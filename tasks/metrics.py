@@ -14,7 +14,21 @@ from typing import Any
 import numpy as np
 
 from tasks.decoding import decode
-from tasks.tokenize import IGNORE_INDEX, align_labels
+from tasks.alignment import IGNORE_INDEX, align_labels
+from tasks.refs import EvaluationRef
+
+WORD_LEVEL_NOTE = (
+    "seqeval (default mode) at word level: one prediction per word, taken at its first subword; words "
+    "with no subword in the input (truncated, or yielding no subword) count as predicted O"
+)
+DECODING_NOTE = {
+    "iob2": "tags decoded as the most likely valid IOB2 sequence per sentence (Viterbi; I-X only after B-X or I-X)",
+    "argmax": "each word tagged with its most likely label, as transformers' token-classification pipeline does",
+}
+SUBWORD_NOTE = (
+    "for comparison only: the tutorial's score, seqeval over every subword with the word's tag copied "
+    "onto each piece (B- repeated); it is not a word-level F1"
+)
 
 
 def word_level_sequences(
@@ -48,7 +62,7 @@ def subword_level_sequences(
 
 def seqeval_scores(y_true: list[list[str]], y_pred: list[list[str]]) -> dict[str, Any]:
     """Overall (micro) precision/recall/F1, tag accuracy, and per-entity precision/recall/F1/support."""
-    # seqeval pulls in scikit-learn and scipy (~2 s): imported when scoring, not when a cached run starts.
+    # seqeval pulls in scikit-learn and scipy: imported when scoring, not when a cached run starts.
     from seqeval.metrics import accuracy_score, classification_report
 
     report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
@@ -86,3 +100,10 @@ def type_confusion(y_true: list[list[str]], y_pred: list[list[str]], label_names
         for g, p in zip(gold, pred):
             matrix[index[entity_type(g)]][index[entity_type(p)]] += 1
     return {"labels": types, "matrix": matrix}
+
+
+def per_entity_table(ev: EvaluationRef, split: str = "test") -> list[dict[str, Any]]:
+    return [
+        {"entity": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()}}
+        for name, s in sorted(ev.word_level[split]["per_entity"].items())
+    ]

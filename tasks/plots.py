@@ -12,7 +12,7 @@ CONFUSION_MATRIX = "confusion_matrix.png"
 
 
 def _pyplot():
-    # Imported on first use: matplotlib costs about a second, and a cached re-run draws nothing.
+    # Imported on first use: matplotlib is slow to import, and a cached re-run draws nothing.
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display

@@ -1,4 +1,4 @@
-"""Step 6, publish: a quality gate, then the Hugging Face Hub, S3 and/or the local run folder.
+"""publish: a quality gate, then the Hugging Face Hub, S3 and/or the local run folder.
 
 Publishing is idempotent: a Hub commit carries the run's marker in its message and a second publish of
 the same run finds it and adds nothing; an S3 upload writes `manifest.json` (files, sizes, sha256)
@@ -9,11 +9,9 @@ Transient errors (connection, timeout, 429, 5xx) are retried with exponential ba
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +25,9 @@ from pydantic import BaseModel
 
 from tasks.settings import PublishSettings
 from tasks.retry import call_with_backoff, describe_error, http_status, network_retry_condition
+from tasks.s3 import parse_s3_uri
 from tasks.secrets import resolve_secret
+from tasks.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,6 @@ class PublishResult(BaseModel):
 
     def location(self) -> str:
         return self.hub_commit_url or self.s3_uri or self.local_path or "(not published)"
-
-
-def _logger():
-    try:
-        return get_run_logger()
-    except Exception:
-        return log
 
 
 # ------------------------------------------------------------------------------------------------ gate
@@ -206,13 +199,6 @@ def publish_to_hub(
 # -------------------------------------------------------------------------------------------------- s3
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    m = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
-    if not m:
-        raise PublishError(f"{uri}: not an s3://bucket/prefix URI")
-    return m.group(1), m.group(2).strip("/")
-
-
 def s3_client(settings: PublishSettings):
     """boto3 S3 client: an AwsCredentials block if named, else the standard AWS chain (AWS_ENDPOINT_URL too)."""
     if settings.aws_credentials_block:
@@ -224,14 +210,6 @@ def s3_client(settings: PublishSettings):
     import boto3
 
     return boto3.client("s3")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run_files(run_dir: Path) -> dict[str, Path]:
@@ -290,7 +268,7 @@ def publish_to_s3(
     base = "/".join(p for p in (prefix, model_name, run_id) if p)
     uri = f"s3://{bucket}/{base}/"
     files = run_files(run_dir)
-    entries = [{"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)} for rel, path in files.items()]
+    entries = [{"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)} for rel, path in files.items()]
     try:
         existing = call_with_backoff(
             lambda: _read_json_object(client, bucket, f"{base}/{MANIFEST}"), what="read manifest", base_s=backoff_base_s

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from tasks.settings import AlignmentStrategy, ModelSettings, RunSettings, TrackingSettings, TrainSettings
 
 CHECKPOINT_DIR = "checkpoints"
+SPLIT_ROLES = ("train", "validation", "test")
 
 
 class DatasetRef(BaseModel):
@@ -33,6 +34,12 @@ class DatasetRef(BaseModel):
     split_names: dict[str, str]
     """Dataset split name for each role (train/validation/test)."""
 
+    def load(self):
+        """The saved datasets.DatasetDict: splits train/validation/test, columns tokens and ner_tags."""
+        import datasets
+
+        return datasets.load_from_disk(self.path)
+
 
 class TokenizedRef(BaseModel):
     """A tokenized, label-aligned dataset on disk (cached by key), with what tokenization lost."""
@@ -48,6 +55,12 @@ class TokenizedRef(BaseModel):
     stats: dict[str, dict[str, int]]
     roundtrip: dict[str, Any]
     warnings: list[str]
+
+    def load(self):
+        """The saved datasets.DatasetDict: input_ids, attention_mask, labels, word_ids, word_labels."""
+        import datasets
+
+        return datasets.load_from_disk(str(Path(self.path) / "data"))
 
 
 class ModelRef(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -11,6 +12,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def hash_file(digest, path: Path):
+    """Feed a file's bytes into a hashlib digest, a MiB at a time; returns the digest."""
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest
+
+
+def sha256_file(path: Path) -> str:
+    return hash_file(hashlib.sha256(), path).hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -1,7 +1,4 @@
-"""Step 2, tokenize: words to subwords, with word labels aligned through `word_ids()`.
-
-Alignment is by word index, never by a running counter, so a word that yields no subword (a zero-width
-joiner, a control character) simply has no position and cannot shift the labels of the words after it.
+"""tokenize: words to subwords, with word labels aligned through `word_ids()` (tasks.alignment).
 
 The tokenized dataset is cached on disk under a key made of the dataset fingerprint, the tokenizer's
 fingerprint (a hash of its files or its content), the alignment strategy and the max length; training
@@ -12,10 +9,8 @@ same key as its cache key, so an unchanged re-run shows the task as `Cached`.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,112 +19,24 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
+from tasks.alignment import align_labels, b_to_i_map
+from tasks.checkpoints import load_tokenizer, tokenizer_fingerprint
+from tasks.refs import SPLIT_ROLES, DatasetRef, TokenizedRef
 from tasks.settings import AlignmentStrategy, ModelSettings, TokenizeSettings
-from tasks.ingest import SPLIT_ROLES, load_dataset_dict
-from tasks.refs import DatasetRef, TokenizedRef
 from tasks.retry import network_retry_condition
 from tasks.storage import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # positions the loss (and the word-level metric) skip
 _CACHE_VERSION = "nerflow-tokenized-v3"
 # Above these shares of distinct words, the tokenizer is losing information the tags depend on.
 NORMALIZER_WARN_SHARE = 0.01
 UNK_WARN_SHARE = 0.005
 
 
-# ------------------------------------------------------------------------------------------ tokenizer
-
-
-def resolve_checkpoint(checkpoint: str) -> str:
-    """'package:MODULE' names a model folder shipped inside a Python package (MODULE.get_model_path())."""
-    if checkpoint.startswith("package:"):
-        module = importlib.import_module(checkpoint.removeprefix("package:"))
-        return str(module.get_model_path())
-    return checkpoint
-
-
-def load_tokenizer(model: ModelSettings):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(model.checkpoint), revision=model.revision)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
-            f"model.checkpoint {model.checkpoint!r}: a fast tokenizer is required (word_ids() for label alignment)"
-        )
-    return tokenizer
-
-
-# Files that hold weights, not tokenizer state: hashing them would cost seconds and change nothing.
-WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ot", ".ckpt"}
-
-
-def tokenizer_fingerprint(model: ModelSettings) -> str:
-    """What the tokenizer is made of, as a hash: the cache key's tokenizer part.
-
-    A local checkpoint folder is fingerprinted by its top-level files (vocabulary, tokenizer.json,
-    configs; weights skipped), which needs neither transformers nor a tokenizer load: an unchanged
-    re-run finds its cache hit in milliseconds. A Hub checkpoint is loaded (from the local HF cache
-    once downloaded) and hashed by content: vocabulary, normalizer, pre-tokenizer, special tokens."""
-    folder = Path(resolve_checkpoint(model.checkpoint))
-    if folder.is_dir():
-        h = hashlib.sha256(b"files")
-        for file in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix not in WEIGHT_SUFFIXES):
-            h.update(file.name.encode() + b"\x00" + hashlib.sha256(file.read_bytes()).digest())
-        return h.hexdigest()
-    tokenizer = load_tokenizer(model)
-    h = hashlib.sha256(type(tokenizer).__name__.encode())
-    h.update(tokenizer.backend_tokenizer.to_str().encode())
-    h.update(json.dumps(sorted(map(str, tokenizer.all_special_tokens))).encode())
-    return h.hexdigest()
-
-
 def tokenization_key(dataset_fingerprint: str, tok_fingerprint: str, settings: TokenizeSettings) -> str:
     parts = [_CACHE_VERSION, dataset_fingerprint, tok_fingerprint, settings.alignment, str(settings.max_length)]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
-
-
-# ------------------------------------------------------------------------------------------ alignment
-
-
-def b_to_i_map(label_names: Sequence[str]) -> dict[int, int]:
-    """Label id of B-X -> label id of I-X, for the types that have both."""
-    index = {n: i for i, n in enumerate(label_names)}
-    return {i: index[f"I-{n[2:]}"] for i, n in enumerate(label_names) if n.startswith("B-") and f"I-{n[2:]}" in index}
-
-
-def align_labels(
-    word_ids: Sequence[int | None],
-    word_labels: Sequence[int],
-    strategy: AlignmentStrategy,
-    b_to_i: Mapping[int, int],
-) -> list[int]:
-    """One label per subword position, looked up by the position's word index.
-
-    first:    the first subword of a word gets its label; continuation subwords get -100.
-    all:      every subword is labelled; continuation subwords of a B-X word get I-X.
-    tutorial: every subword gets the word's label verbatim (B-X repeated), the tutorial's behaviour.
-    """
-    # The label of a continuation subword, per word: decided once per sentence, not per subword.
-    if strategy == "first":
-        continuation: Sequence[int] = [IGNORE_INDEX] * len(word_labels)
-    elif strategy == "all":
-        continuation = [b_to_i.get(label, label) for label in word_labels]
-    else:
-        continuation = word_labels
-    labels: list[int] = []
-    append = labels.append
-    previous: int | None = None
-    for wid in word_ids:
-        if wid is None:
-            append(IGNORE_INDEX)
-        elif wid != previous:
-            append(word_labels[wid])
-        else:
-            append(continuation[wid])
-        previous = wid
-    return labels
 
 
 def encode_batch(
@@ -213,21 +120,21 @@ def tokenization_warnings(stats: dict[str, dict[str, int]], roundtrip: dict[str,
 
 
 def tokenize_dataset(
-    dataset: DatasetRef, model: ModelSettings, settings: TokenizeSettings, cache_dir: Path
+    dataset: DatasetRef, pretrained: ModelSettings, settings: TokenizeSettings, cache_dir: Path
 ) -> TokenizedRef:
     """Tokenize and align every split, or reuse the cached result for the same key."""
-    tok_fp = tokenizer_fingerprint(model)  # a local folder's files: no tokenizer load to find the cache
+    tok_fp = tokenizer_fingerprint(pretrained)  # a local folder's files: no tokenizer load to find the cache
     key = tokenization_key(dataset.fingerprint, tok_fp, settings)
     path = Path(cache_dir) / "tokenized" / key
     if not (path / "ref.json").is_file():
-        _build(dataset, model, settings, load_tokenizer(model), tok_fp, key, path)
+        _build(dataset, pretrained, settings, load_tokenizer(pretrained), tok_fp, key, path)
     else:
         log.info("tokenized dataset %s already on disk, reusing it", key)
     return TokenizedRef.model_validate_json((path / "ref.json").read_text(encoding="utf-8"))
 
 
-def _build(dataset, model, settings, tokenizer, tok_fp, key, path: Path) -> None:
-    dd = load_dataset_dict(dataset)
+def _build(dataset, pretrained, settings, tokenizer, tok_fp, key, path: Path) -> None:
+    dd = dataset.load()
     b_to_i = b_to_i_map(dataset.label_names)
     stats_columns = ["truncated", "no_subword", "unk_words"]
 
@@ -257,26 +164,20 @@ def _build(dataset, model, settings, tokenizer, tok_fp, key, path: Path) -> None
         path=str(path),
         cache_key=key,
         dataset_fingerprint=dataset.fingerprint,
-        checkpoint=model.checkpoint,
+        checkpoint=pretrained.checkpoint,
         tokenizer_fingerprint=tok_fp,
         alignment=settings.alignment,
         max_length=settings.max_length,
         label_names=dataset.label_names,
         stats=stats,
         roundtrip=roundtrip,
-        warnings=tokenization_warnings(stats, roundtrip, model.checkpoint),
+        warnings=tokenization_warnings(stats, roundtrip, pretrained.checkpoint),
     )
     import datasets
 
     with atomic_dir(path) as tmp:
         datasets.DatasetDict(encoded).save_to_disk(str(tmp / "data"))
         atomic_write_json(tmp / "ref.json", ref.model_dump(mode="json"))
-
-
-def load_tokenized(ref: TokenizedRef):
-    import datasets
-
-    return datasets.load_from_disk(str(Path(ref.path) / "data"))
 
 
 def tokenized_exists(ref: TokenizedRef) -> bool:
@@ -286,7 +187,7 @@ def tokenized_exists(ref: TokenizedRef) -> bool:
 def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     # The same key the plain function uses, plus the cache folder: another output root is another cache.
     dataset: DatasetRef = inputs["dataset"]
-    key = tokenization_key(dataset.fingerprint, tokenizer_fingerprint(inputs["model"]), inputs["settings"])
+    key = tokenization_key(dataset.fingerprint, tokenizer_fingerprint(inputs["pretrained"]), inputs["settings"])
     return f"tokenize-{key}-{hashlib.sha256(str(Path(inputs['cache_dir']).resolve()).encode()).hexdigest()[:8]}"
 
 
@@ -299,8 +200,8 @@ def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     retry_jitter_factor=0.5,
     retry_condition_fn=network_retry_condition,  # the tokenizer may come from the Hub
 )
-def tokenize_task(dataset: DatasetRef, model: ModelSettings, settings: TokenizeSettings, cache_dir: str) -> TokenizedRef:
-    ref = tokenize_dataset(dataset, model, settings, Path(cache_dir))
+def tokenize_task(dataset: DatasetRef, pretrained: ModelSettings, settings: TokenizeSettings, cache_dir: str) -> TokenizedRef:
+    ref = tokenize_dataset(dataset, pretrained, settings, Path(cache_dir))
     logger = get_run_logger()
     logger.info(
         "tokenized with %s (alignment=%s, max_length=%d): %s",

@@ -1,4 +1,4 @@
-"""Step 3, train: fine-tune with the transformers Trainer, one checkpoint per epoch, resumable.
+"""train: fine-tune with the transformers Trainer, one checkpoint per epoch, resumable.
 
 Batches come from nerflow's sampler (tasks.batching). After each epoch the model is scored on the
 validation split at word level, with the code and decoding the evaluate step uses, and the best epoch
@@ -26,11 +26,12 @@ from tasks.batching import pad_multiple, resolve_batching
 from tasks.caching import fingerprint
 from tasks.distributed import RESULT_FILE, launch_distributed, world_size
 from tasks.inference import choose_device
+from tasks.logs import run_logger
 from tasks.refs import ModelRef, TrainJob
 from tasks.retry import unless_bad_input
 from tasks.secrets import resolve_secret
 from tasks.storage import atomic_dir, atomic_write_json
-from tasks.tokenize import load_tokenized, load_tokenizer, resolve_checkpoint
+from tasks.checkpoints import load_tokenizer, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,7 @@ MODEL_DIR = "model"
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except Exception:  # called outside a Prefect run (tests, scripts)
-        return log
+    return run_logger(log)
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -114,7 +112,7 @@ def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_mo
     from tasks.trainer import NerTrainer, ProgressCallback, build_callbacks, training_arguments
 
     labels = job.tokenized.label_names
-    data = load_tokenized(job.tokenized)
+    data = job.tokenized.load()
     tokenizer = load_tokenizer(job.pretrained)
     network = AutoModelForTokenClassification.from_pretrained(
         resolve_checkpoint(job.pretrained.checkpoint),
@@ -196,10 +194,12 @@ def train_model(job: TrainJob) -> ModelRef | None:
     set_seed(job.hparams.seed)
     use_wandb = configure_wandb(job.tracking, Path(job.run_dir), job.run_name)
     progress = BackgroundProgress(job.progress_artifact_id) if job.progress_artifact_id else None
-    compile_before, started = compile_seconds(), time.perf_counter()
+    # Reading compile counters imports torch._dynamo: only worth it when something is compiled.
+    compile_before, started = compile_seconds() if compile_model else 0.0, time.perf_counter()
     try:
         trainer, result, resume, compiled = fit(job, device, bf16, fp16, compile_model, use_wandb, progress)
-        runtime, compile_s = time.perf_counter() - started, compile_seconds() - compile_before
+        runtime = time.perf_counter() - started
+        compile_s = compile_seconds() - compile_before if compile_model else 0.0
         if compiled and trainer.is_world_process_zero():
             _logger().info("training took %.1f s, of which %.1f s compiling (torch.compile)", runtime, compile_s)
             if progress is not None:

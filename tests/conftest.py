@@ -121,24 +121,27 @@ def sample_dir() -> Path:
     return SAMPLE_DIR
 
 
-@pytest.fixture
-def tiny_settings(tiny_bert, tmp_path):
-    """Run settings for a seconds-long run: tiny BERT, 64 train / 32 eval sentences of the sample."""
+def tiny_run_settings(tiny_bert: Path, output_dir: Path, **sections):
+    """Run settings for a seconds-long run: tiny BERT, 64 train / 32 eval sentences of the sample;
+    `sections` override (a dict updates a section, anything else replaces the field)."""
     from flows.settings import RunSettings
 
-    def make(**sections) -> RunSettings:
-        data = {
-            "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 64, "max_eval_samples": 32, "language": "en"},
-            "model": {"checkpoint": str(tiny_bert)},
-            "tokenize": {"max_length": 64},
-            "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 5e-3, "logging_steps": 4},
-            "output_dir": str(tmp_path / "runs"),
-        }
-        for key, value in sections.items():
-            if isinstance(value, dict):
-                data.setdefault(key, {}).update(value)
-            else:
-                data[key] = value
-        return RunSettings.model_validate(data)
+    data = {
+        "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 64, "max_eval_samples": 32, "language": "en"},
+        "model": {"checkpoint": str(tiny_bert)},
+        "tokenize": {"max_length": 64},
+        "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 5e-3, "logging_steps": 4},
+        "output_dir": str(output_dir),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
+    return RunSettings.model_validate(data)
 
-    return make
+
+@pytest.fixture
+def tiny_settings(tiny_bert, tmp_path):
+    """tiny_run_settings with this test's own output folder."""
+    return lambda **sections: tiny_run_settings(tiny_bert, tmp_path / "runs", **sections)

@@ -7,6 +7,7 @@ import torch
 
 from tasks.batching import (
     STATIC_BUCKET,
+    TOKENS_PER_SENTENCE,
     FullBatches,
     PadCollator,
     ShuffledLengthGroups,
@@ -46,6 +47,7 @@ def test_length_groups_pad_little_but_do_not_run_from_long_to_short():
     maxima = [max(LENGTHS[i] for i in b) for b in grouped]
     descents = sum(a > b for a, b in zip(maxima, maxima[1:]))
     assert 0.25 < descents / (len(maxima) - 1) < 0.75
+    assert maxima[0] == max(LENGTHS)  # except that the longest batch comes first: memory peaks at step 1
 
 
 def test_full_batches_are_random_and_all_the_same_size():
@@ -78,7 +80,10 @@ def test_auto_batching_depends_on_the_device(device, expected):
     assert train_sampler("random", LENGTHS, 16, 0) is None  # the Trainer's own random sampler
 
 
-def test_inference_batches_cover_every_sentence_in_length_order():
+def test_inference_batches_cover_every_sentence_in_length_order_within_a_token_budget():
     got = length_sorted_batches(LENGTHS, 64)
     flat = [i for b in got for i in b]
     assert sorted(flat) == list(range(400)) and [LENGTHS[i] for i in flat] == sorted(LENGTHS)
+    assert len(got[0]) == 64  # short sentences: full batches
+    assert all(len(b) * max(LENGTHS[i] for i in b) <= 64 * TOKENS_PER_SENTENCE for b in got)
+    assert len(got[-1]) < 64  # the longest sentences come in smaller batches

@@ -6,7 +6,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, SAMPLE_DIR
+
+pytestmark = pytest.mark.slow  # benchmark scripts in subprocesses, torch.compile on the CPU
 
 
 def run_bench(module: str, *args: str) -> tuple[dict, dict]:

@@ -18,6 +18,8 @@ import pytest
 from conftest import SAMPLE_DIR
 from serve_stack import deployment_spec, start_serve, stop_serve
 
+pytestmark = pytest.mark.slow  # a real Prefect server, work pool, deployments and worker
+
 DEPLOYMENT = "finetune_ner/wikiann-bn"
 
 

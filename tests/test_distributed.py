@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 
 from conftest import prepare, train, write_synthetic_dataset
 from flows.settings import RunSettings
@@ -15,6 +16,8 @@ from tasks.distributed import JOB_FILE, launch_distributed, torchrun_command
 from tasks.evaluate import evaluate_model
 from tasks.refs import TrainJob
 from tasks.storage import atomic_write_json
+
+pytestmark = pytest.mark.slow  # torchrun with two training processes
 
 # Same seed and effective batch (16 = 1 x 16 = 2 x 8); sampling order differs between a random and a
 # distributed sampler, so the scores may differ a little: this is the tolerance we hold DDP to.

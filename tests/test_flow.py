@@ -15,7 +15,9 @@ import flows.finetune
 import tasks.train
 import tasks.trainer
 from flows.finetune import finetune_ner
-from tasks.ingest import SPLIT_ROLES
+from tasks.refs import SPLIT_ROLES
+
+pytestmark = pytest.mark.slow  # whole flow runs on a real Prefect server, and CLI processes
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 
@@ -45,55 +47,73 @@ def state_of(flow_state, task_name: str) -> str:
     return task_runs(flow_state)[task_name][-1].state.name
 
 
-def test_flow_writes_a_complete_run_folder_and_caches_tokenization(tiny_settings):
+@pytest.fixture(scope="module")
+def shared_settings(tiny_bert, tmp_path_factory):
+    """Settings whose runs share one output folder, so they share caches (the cache keys include it)."""
+    from conftest import tiny_run_settings
+
+    root = tmp_path_factory.mktemp("shared-runs")
+    return lambda **sections: tiny_run_settings(tiny_bert, root, **sections)
+
+
+@pytest.fixture(scope="module")
+def first_run(shared_settings):
+    """(flow state, RunResult) of the first run of the default tiny settings."""
+    state = finetune_ner(settings=shared_settings(), return_state=True)
+    return state, state.result()
+
+
+def test_a_run_writes_a_complete_run_folder(shared_settings, first_run):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForTokenClassification
 
-    settings = tiny_settings()
-    first = finetune_ner(settings=settings, return_state=True)
-    result = first.result()
+    state, result = first_run
     run_dir, model_dir = Path(result.run_dir), Path(result.model_dir)
-    assert run_dir.parent == Path(settings.output_dir)
+    assert run_dir.parent == Path(shared_settings().output_dir)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
         assert (model_dir / name).is_file(), name
     assert not (model_dir / "training_args.bin").exists()
     config = json.loads((model_dir / "config.json").read_text())
     assert [config["id2label"][str(i)] for i in range(len(LABELS))] == LABELS
-    assert config["label2id"] == {n: i for i, n in enumerate(LABELS)}
+    assert config["label2id"] == {n: i for i, n in enumerate(LABELS)} and config["nerflow_decoding"] == "iob2"
     assert AutoModelForTokenClassification.from_pretrained(model_dir).num_labels == len(LABELS)
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics["word_level"]) == {"validation", "test"}
+    assert set(metrics["word_level"]) == set(metrics["word_level_argmax"]) == {"validation", "test"}
     assert metrics["word_level"]["test"]["f1"] == pytest.approx(result.test_f1)
-    assert metrics["word_level"]["test"]["sentences"] == 32
+    assert metrics["word_level"]["test"]["sentences"] == 32 and metrics["decoding"] == "iob2"
     assert set(metrics["subword_level_tutorial_f1"]) == {"validation", "test"}
     saved = json.loads((run_dir / "settings.json").read_text())
-    assert saved["run_name"] == result.run_name and saved["train"] == settings.train.model_dump()
+    assert saved["run_name"] == result.run_name and saved["train"] == shared_settings().train.model_dump()
 
     card = ModelCard.load(model_dir / "README.md")
     f1 = next(r for r in card.data.eval_results if r.metric_type == "f1")
     assert f1.metric_value == pytest.approx(round(result.test_f1, 4))
-    assert state_of(first, "tokenize") == "Completed"
+    assert state_of(state, "tokenize") == "Completed"
     assert {"training_curves.png", "confusion_matrix.png"} <= {p.name for p in model_dir.iterdir()}
 
-    # What the flow run page shows: profile, training progress, per-epoch table, metrics, summary.
+
+def test_the_run_page_shows_nerflows_artifacts(first_run):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+    state, result = first_run
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first.state_details.flow_run_id]))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
     by_key = {a.key: a for a in artifacts}
     assert {"dataset-profile", "training-progress", "training-epochs", "metrics-overall", "metrics-per-entity", "run-summary"} <= set(by_key)
-    assert float(by_key["training-progress"].data) == 100.0
+    assert float(by_key["training-progress"].data) == 100.0  # sent from the progress thread, last value included
     assert [row["epoch"] for row in json.loads(by_key["training-epochs"].data)] == [1.0, 2.0]
     summary = by_key["run-summary"].data
-    assert str(model_dir) in summary and "Widget examples" in summary and len(result.widget_predictions) == 5
+    assert result.model_dir in summary and "Widget examples" in summary and len(result.widget_predictions) == 5
 
-    # The same run again: tokenization, training and evaluation are served from the cache, and the
-    # new run folder still holds a complete model (copied from the run that trained it).
-    second = finetune_ner(settings=settings, return_state=True)
+
+def test_an_identical_rerun_comes_from_the_cache_into_its_own_folder(shared_settings, first_run):
+    _, result = first_run
+    model_dir = Path(result.model_dir)
+    second = finetune_ner(settings=shared_settings(), return_state=True)
     assert [state_of(second, name) for name in ("tokenize", "train", "evaluate")] == ["Cached"] * 3
     again = second.result()
     assert again.run_dir != result.run_dir  # one folder per run
@@ -108,22 +128,28 @@ def test_flow_writes_a_complete_run_folder_and_caches_tokenization(tiny_settings
     for name in ("training_curves.png", "confusion_matrix.png"):
         assert (Path(again.model_dir) / name).stat().st_mtime_ns == (model_dir / name).stat().st_mtime_ns, name
 
-    # Training hyperparameters are not part of the tokenization key; max_length is.
-    third = finetune_ner(settings=tiny_settings(train={"learning_rate": 1e-3, "epochs": 1}), return_state=True)
+
+def test_training_settings_retrain_without_retokenizing_but_max_length_retokenizes(shared_settings, first_run):
+    third = finetune_ner(settings=shared_settings(train={"learning_rate": 1e-3, "epochs": 1}), return_state=True)
     assert [state_of(third, name) for name in ("tokenize", "train", "widget-predictions")] == ["Cached", "Completed", "Completed"]
-    fourth = finetune_ner(settings=tiny_settings(tokenize={"max_length": 48}), return_state=True)
+    fourth = finetune_ner(settings=shared_settings(tokenize={"max_length": 48}), return_state=True)
     assert state_of(fourth, "tokenize") == "Completed"
 
-    # Asked not to reuse, the same settings train again (and refresh the cache record).
-    fifth = finetune_ner(settings=tiny_settings(train={"reuse_cached_model": False}), return_state=True)
+
+def test_asked_not_to_reuse_the_same_settings_train_again(shared_settings, first_run):
+    fifth = finetune_ner(settings=shared_settings(train={"reuse_cached_model": False}), return_state=True)
     assert state_of(fifth, "train") == "Completed"
-    # A cache hit whose model folder was deleted trains again instead of failing.
+
+
+def test_a_cache_hit_whose_model_folder_is_gone_trains_again(shared_settings):
     import shutil
 
-    shutil.rmtree(Path(fifth.result().run_dir) / "model")
-    sixth = finetune_ner(settings=settings, return_state=True)
-    assert [r.state.name for r in task_runs(sixth)["train"]] == ["Cached", "Completed"]
-    assert (Path(sixth.result().run_dir) / "model" / "model.safetensors").is_file()
+    settings = shared_settings(train={"epochs": 1, "learning_rate": 2e-3})
+    trained = finetune_ner(settings=settings, return_state=True).result()
+    shutil.rmtree(Path(trained.run_dir) / "model")
+    again = finetune_ner(settings=settings, return_state=True)
+    assert [r.state.name for r in task_runs(again)["train"]] == ["Cached", "Completed"]
+    assert (Path(again.result().run_dir) / "model" / "model.safetensors").is_file()
 
 
 def test_killed_training_is_retried_and_resumes_from_its_checkpoint(tiny_settings, monkeypatch):

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from flows.settings import DatasetSettings
-from tasks.ingest import DatasetValidationError, derive_label_names, entity_types, ingest_dataset, load_dataset_dict
+from tasks.errors import DatasetValidationError
+from tasks.ingest import ingest_dataset
+from tasks.validation import derive_label_names, entity_types
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 GOOD = [
@@ -36,7 +38,7 @@ def test_good_folder_is_normalised_and_profiled(tmp_path):
     ref = ingest(tmp_path, make_folder(tmp_path))
     assert ref.label_names == LABELS
     assert ref.num_rows == {"train": 2, "validation": 2, "test": 2}
-    dd = load_dataset_dict(ref)
+    dd = ref.load()
     assert dd["train"].features["ner_tags"].feature.names == LABELS
     assert dd["train"][0]["tokens"] == ["Karl", "Ove", "visited", "Oslo"]
     train = next(p for p in ref.profile if p["split"] == "train")
@@ -124,7 +126,7 @@ def test_conll_with_string_tags_and_dev_alias(tmp_path):
     assert ref.label_names == derive_label_names({"B-PER", "I-PER", "B-LOC", "B-ORG"})
     assert ref.label_names == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     assert ref.num_rows["validation"] == 2
-    dd = load_dataset_dict(ref)
+    dd = ref.load()
     assert dd["train"][1] == {"tokens": ["NATO"], "ner_tags": [3]}
 
 

@@ -11,6 +11,8 @@ from flows.settings import PublishSettings, RunSettings
 from tasks.publish import PublishError, publish_run, publish_to_s3, s3_published_f1
 from hub_standin import HubStandIn
 
+pytestmark = pytest.mark.slow  # moto's S3 server and the Hub stand-in, full flow runs
+
 HF_TOKEN = "hf_FAKEtokenDoNotLog0123456789abcdef"
 AWS_KEY_ID = "AKIAFAKEKEYDONOTLOG1"
 AWS_SECRET = "fakeSecretDoNotLog/0123456789abcdefghijklm"

@@ -1,16 +1,9 @@
 import pytest
 
 from flows.settings import ModelSettings, TokenizeSettings
-from tasks.tokenize import (
-    IGNORE_INDEX,
-    align_labels,
-    b_to_i_map,
-    encode_batch,
-    load_tokenizer,
-    roundtrip_report,
-    tokenization_key,
-    tokenizer_fingerprint,
-)
+from tasks.alignment import IGNORE_INDEX, align_labels, b_to_i_map
+from tasks.checkpoints import load_tokenizer, tokenizer_fingerprint
+from tasks.tokenize import encode_batch, roundtrip_report, tokenization_key
 
 NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 B2I = b_to_i_map(NAMES)

@@ -21,6 +21,8 @@ import pytest
 
 from serve_stack import deployment_spec, start_serve, stop_serve
 
+pytestmark = pytest.mark.slow  # Chromium against a real Prefect server and worker
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--no-sandbox",

@@ -1,0 +1,16 @@
+"""Errors that mean the user's input cannot be used: their messages say what, where and what to do."""
+
+from __future__ import annotations
+
+MAX_LISTED_PROBLEMS = 20
+
+
+class DatasetValidationError(ValueError):
+    """The dataset cannot be trained on; the message lists each problem with file, split, row, field."""
+
+    def __init__(self, problems: list[str], total: int | None = None):
+        self.problems = problems
+        total = total if total is not None else len(problems)
+        shown = "\n".join(f"  - {p}" for p in problems)
+        more = f"\n  ... and {total - len(problems)} more" if total > len(problems) else ""
+        super().__init__(f"dataset validation failed ({total} problem(s)):\n{shown}{more}")

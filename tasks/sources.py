@@ -1,0 +1,262 @@
+"""Where labelled sentences come from: local files (jsonl, json, parquet, CoNLL), the Hub, S3.
+
+Each reader returns raw rows with where they came from (file, line), so validation can name the exact
+place of a problem; nothing here judges the rows. `source_revision` reads a source's current revision
+without loading it (the dataset watcher uses it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import DatasetValidationError
+from tasks.refs import SPLIT_ROLES
+from tasks.s3 import parse_s3_uri
+from tasks.settings import DatasetSettings
+from tasks.storage import atomic_dir, hash_file
+
+log = logging.getLogger(__name__)
+
+_EXTENSIONS = {"jsonl": (".jsonl",), "json": (".json",), "parquet": (".parquet",), "conll": (".conll", ".txt", ".iob")}
+_SPLIT_ALIASES = {"validation": ("dev", "valid", "val")}
+
+
+@dataclass
+class RawSplit:
+    """One split as read from its source, before validation."""
+
+    name: str
+    origin: str  # file path, s3 URI or hub id, for error messages
+    rows: list[Any]
+    line_numbers: list[int] | None = None  # file line of each row, where the format has lines
+    features_label_names: list[str] | None = None
+
+    def where(self, i: int) -> str:
+        line = f" (line {self.line_numbers[i]})" if self.line_numbers else ""
+        return f"{self.origin}, split {self.name!r}, row {i}{line}"
+
+
+def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
+    rows, lines = [], []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetValidationError([f"{path}, line {lineno}: not valid JSON ({e.msg})"]) from e
+            lines.append(lineno)
+    return rows, lines
+
+
+def _read_json(path: Path) -> tuple[list[Any], None]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetValidationError([f"{path}: not valid JSON ({e.msg} at line {e.lineno})"]) from e
+    if isinstance(data, dict) and "data" in data:
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DatasetValidationError([f"{path}: expected a JSON list of rows (or {{'data': [...]}})"])
+    return data, None
+
+
+def _read_parquet(path: Path) -> tuple[list[Any], None]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist(), None
+
+
+def _read_conll(path: Path, tokens_column: str, tags_column: str) -> tuple[list[Any], list[int]]:
+    """CoNLL: one word per line, its tag in the last column, sentences separated by blank lines."""
+    rows: list[Any] = []
+    lines: list[int] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 1
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                if tokens:
+                    rows.append({tokens_column: tokens, tags_column: tags})
+                    lines.append(start)
+                tokens, tags = [], []
+                continue
+            if len(parts) < 2:
+                raise DatasetValidationError(
+                    [f"{path}, line {lineno}, field {tags_column!r}: expected 'WORD ... TAG', got {line.strip()!r}"]
+                )
+            if not tokens:
+                start = lineno
+            tokens.append(parts[0])
+            tags.append(parts[-1])
+    if tokens:
+        rows.append({tokens_column: tokens, tags_column: tags})
+        lines.append(start)
+    return rows, lines
+
+
+def _find_split_file(folder: Path, split: str, role: str, fmt: str) -> tuple[Path, str]:
+    formats = [fmt] if fmt not in ("auto", "hub") else list(_EXTENSIONS)
+    stems = (split, *(_SPLIT_ALIASES.get(role, ()) if split == role else ()))
+    found = [
+        (folder / f"{stem}{ext}", f)
+        for stem in stems
+        for f in formats
+        for ext in _EXTENSIONS[f]
+        if (folder / f"{stem}{ext}").is_file()
+    ]
+    if not found:
+        looked = ", ".join(f"{s}{e}" for s in stems for f in formats for e in _EXTENSIONS[f])
+        raise DatasetValidationError([f"{folder}: no file for split {split!r} (looked for {looked})"])
+    if len(found) > 1:
+        names = ", ".join(p.name for p, _ in found)
+        raise DatasetValidationError([f"{folder}: several files for split {split!r}: {names}; keep one"])
+    return found[0]
+
+
+def read_local_splits(folder: Path, cfg: DatasetSettings, origin_prefix: str | None = None) -> dict[str, RawSplit]:
+    """Read train/validation/test files from a folder into raw rows, keeping line numbers for errors."""
+    if not folder.is_dir():
+        raise DatasetValidationError([f"{folder}: dataset folder does not exist"])
+    splits = {}
+    for role, split in zip(SPLIT_ROLES, (cfg.train_split, cfg.validation_split, cfg.test_split)):
+        path, fmt = _find_split_file(folder, split, role, cfg.format)
+        if fmt == "jsonl":
+            rows, lines = _read_jsonl(path)
+        elif fmt == "json":
+            rows, lines = _read_json(path)
+        elif fmt == "parquet":
+            rows, lines = _read_parquet(path)
+        else:
+            rows, lines = _read_conll(path, cfg.tokens_column, cfg.tags_column)
+        origin = f"{origin_prefix}/{path.name}" if origin_prefix else str(path)
+        splits[role] = RawSplit(name=split, origin=origin, rows=rows, line_numbers=lines)
+    return splits
+
+
+def read_labels_file(folder: Path) -> list[str] | None:
+    path = folder / "labels.txt"
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_hub_splits(cfg: DatasetSettings) -> tuple[dict[str, RawSplit], str]:
+    """Load a Hub dataset with `datasets` and return raw rows plus the exact revision that was read."""
+    import datasets
+
+    dd = datasets.load_dataset(cfg.source, cfg.config, revision=cfg.revision)
+    splits = {}
+    for role, split in zip(SPLIT_ROLES, (cfg.train_split, cfg.validation_split, cfg.test_split)):
+        if split not in dd:
+            raise DatasetValidationError(
+                [f"{cfg.source} ({cfg.config}): no split {split!r}; it has {sorted(dd.keys())}"]
+            )
+        ds = dd[split]
+        missing = [c for c in (cfg.tokens_column, cfg.tags_column) if c not in ds.column_names]
+        if missing:
+            raise DatasetValidationError(
+                [f"{cfg.source}, split {split!r}: missing column(s) {missing}; it has {ds.column_names}"]
+            )
+        tag_feature = getattr(ds.features[cfg.tags_column], "feature", None)
+        # Columns are lazy in datasets 5: materialise them as plain lists once.
+        tokens, tags = list(ds[cfg.tokens_column]), list(ds[cfg.tags_column])
+        rows = [{cfg.tokens_column: t, cfg.tags_column: g} for t, g in zip(tokens, tags)]
+        splits[role] = RawSplit(
+            name=split,
+            origin=f"{cfg.source}" + (f" ({cfg.config})" if cfg.config else ""),
+            rows=rows,
+            features_label_names=list(getattr(tag_feature, "names", None) or []) or None,
+        )
+    return splits, _hub_dataset_revision(cfg)
+
+
+def _hub_dataset_revision(cfg: DatasetSettings) -> str:
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().dataset_info(cfg.source, revision=cfg.revision).sha
+        if sha:
+            return sha
+    except Exception as e:  # offline, or a mirror without the info endpoint
+        log.warning("could not resolve the Hub revision of %s: %s", cfg.source, e)
+    return cfg.revision or "unresolved"
+
+
+def list_s3_prefix(uri: str) -> tuple[Any, str, list[tuple[str, str, str]], str]:
+    """(client, bucket, [(key, name, etag)], revision) of the files directly under s3://bucket/prefix.
+
+    The revision is a hash of the keys and ETags: it changes exactly when an object changes.
+    """
+    import boto3
+
+    try:
+        bucket, prefix = parse_s3_uri(uri)
+    except ValueError as e:
+        raise DatasetValidationError([str(e)]) from None
+    client = boto3.client("s3")  # endpoint from AWS_ENDPOINT_URL, credentials from the AWS chain
+    objects = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix) + 1 :] if prefix else obj["Key"]
+            if rel and "/" not in rel:
+                objects.append((obj["Key"], rel, obj["ETag"]))
+    if not objects:
+        raise DatasetValidationError([f"{uri}: no objects under this prefix"])
+    revision = hashlib.sha256(json.dumps(sorted(objects)).encode()).hexdigest()[:16]
+    return client, bucket, objects, f"s3-etags:{revision}"
+
+
+def download_s3_prefix(uri: str, dest_root: Path) -> tuple[Path, str]:
+    """Download the files under s3://bucket/prefix once per revision; returns (folder, revision)."""
+    client, bucket, objects, revision = list_s3_prefix(uri)
+    dest = dest_root / "s3" / bucket / (parse_s3_uri(uri)[1] or "_") / revision.split(":")[-1]
+    if not dest.exists():
+        with atomic_dir(dest) as tmp:
+            for key, rel, _ in objects:
+                client.download_file(bucket, key, str(tmp / rel))
+    return dest, revision
+
+
+def local_files_revision(folder: Path) -> str:
+    """Content hash of the files directly in a dataset folder (names and bytes)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        h.update(path.name.encode() + b"\0")
+        hash_file(h, path)
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
+def source_revision(cfg: DatasetSettings) -> str:
+    """The dataset's current revision without loading it: Hub sha, S3 ETags hash or file content hash."""
+    if cfg.source.startswith("s3://"):
+        return list_s3_prefix(cfg.source)[3]
+    local = Path(cfg.source).expanduser()
+    if cfg.format != "hub" and local.is_dir():
+        return local_files_revision(local)
+    from huggingface_hub import HfApi
+
+    sha = HfApi().dataset_info(cfg.source, revision=cfg.revision).sha
+    if not sha:
+        raise RuntimeError(f"{cfg.source}: the Hub returned no revision")
+    return sha
+
+
+def read_source(cfg: DatasetSettings, cache_dir: Path) -> tuple[dict[str, RawSplit], Path | None, str | None]:
+    """Raw splits, the local folder they came from (if any) and the source's own revision (if any)."""
+    if cfg.source.startswith("s3://"):
+        folder, revision = download_s3_prefix(cfg.source, cache_dir)
+        return read_local_splits(folder, cfg, origin_prefix=cfg.source.rstrip("/")), folder, revision
+    local = Path(cfg.source).expanduser()
+    if cfg.format != "hub" and (local.exists() or cfg.format != "auto" or cfg.source.startswith((".", "/", "~"))):
+        return read_local_splits(local, cfg), local, None
+    splits, revision = read_hub_splits(cfg)
+    return splits, None, revision

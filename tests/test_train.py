@@ -1,0 +1,92 @@
+"""The train step's plain functions on the tiny BERT: what reaches the Trainer, what comes back, resume,
+and the fallback when torch.compile fails."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+import tasks.train
+from conftest import prepare, write_synthetic_dataset
+from tasks.batching import PadCollator, ShuffledLengthGroups
+from tasks.refs import TrainJob
+
+
+@pytest.fixture(scope="module")
+def job_for(tiny_bert, tmp_path_factory):
+    """A TrainJob on 160 synthetic sentences; keyword sections override the settings."""
+    from conftest import tiny_run_settings
+
+    root = tmp_path_factory.mktemp("train")
+    data = write_synthetic_dataset(root / "synthetic")
+
+    def make(run_name: str, **sections) -> TrainJob:
+        train = {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, **sections.pop("train", {})}
+        settings = tiny_run_settings(
+            tiny_bert, root / "runs", dataset={"source": str(data), "max_train_samples": None, "max_eval_samples": None}, train=train, **sections
+        )
+        _, tokenized = prepare(settings)
+        return TrainJob.for_run(settings, tokenized, root / "runs" / run_name, run_name)
+
+    return make
+
+
+def test_the_settings_reach_the_trainer(job_for):
+    job = job_for("args", train={"warmup_ratio": 0.2, "weight_decay": 0.05, "seed": 11, "eval_batch_size": 32})
+    trainer = tasks.train.build_trainer(job, "cpu", bf16=False, fp16=False, compile_model=False, use_wandb=False)
+    args = trainer.args
+    assert (args.learning_rate, args.per_device_train_batch_size, args.per_device_eval_batch_size) == (5e-3, 16, 32)
+    assert (args.num_train_epochs, args.weight_decay, args.seed, args.data_seed) == (2, 0.05, 11, 11)
+    assert args.warmup_steps == 0.2 and args.get_warmup_steps(100) == 20  # a ratio: 20% of the steps
+    assert (args.eval_strategy, args.save_strategy, args.load_best_model_at_end, args.metric_for_best_model) == ("epoch", "epoch", True, "f1")
+    assert not args.torch_compile and not args.logging_nan_inf_filter and args.report_to == []
+    assert isinstance(trainer._get_train_sampler(), ShuffledLengthGroups)  # auto on a CPU: length groups
+    assert isinstance(trainer.data_collator, PadCollator) and trainer.data_collator.multiple is None
+    assert trainer.model.config.nerflow_decoding == "iob2"
+    assert trainer.model.config.id2label == dict(enumerate(job.tokenized.label_names))
+    static = tasks.train.build_trainer(job_for("static", train={"batching": "static"}), "cpu", False, False, False, False)
+    assert static.data_collator.multiple == 32 and len(static._get_train_sampler()) % 16 == 0
+
+
+def test_training_keeps_the_best_epoch_and_a_second_call_resumes(job_for):
+    job = job_for("best")
+    ref = tasks.train.train_model(job)
+    model_dir = Path(ref.path)
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
+    assert not (model_dir / "training_args.bin").exists()
+    assert [e["epoch"] for e in ref.epochs] == [1.0, 2.0]
+    assert ref.best_validation_f1 == max(e["val_f1"] for e in ref.epochs) > 0.5
+    best_epoch = max(ref.epochs, key=lambda e: e["val_f1"])["epoch"]
+    assert ref.best_checkpoint == f"checkpoint-{int(best_epoch) * 10}"  # 160 sentences / 16 = 10 steps per epoch
+    assert (ref.batching, ref.compiled, ref.decoding, ref.resumed_from) == ("length", False, "iob2", None)
+    log = json.loads((Path(ref.run_dir) / "train_log.json").read_text())
+    assert [e["eval_f1"] for e in log if "eval_f1" in e] == [e["val_f1"] for e in ref.epochs]
+
+    again = tasks.train.train_model(job)  # the checkpoints are there: nothing is trained twice
+    assert again.resumed_from == "checkpoint-20" and again.epochs == ref.epochs
+
+
+class FakeCompileFailure(RuntimeError):
+    """Looks like an error from torch.compile's machinery, as is_compile_error recognises them."""
+
+
+FakeCompileFailure.__module__ = "torch._dynamo.exc"
+
+
+def test_a_compile_failure_falls_back_to_eager_with_one_warning(job_for, monkeypatch, caplog):
+    from tasks.trainer import NerTrainer
+
+    train = NerTrainer.train
+
+    def failing_when_compiled(self, *args, **kwargs):
+        if self.args.torch_compile:
+            raise FakeCompileFailure("inductor could not lower an op")
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(NerTrainer, "train", failing_when_compiled)
+    with caplog.at_level(logging.WARNING, logger="tasks.train"):
+        ref = tasks.train.train_model(job_for("fallback", train={"compile": "on", "epochs": 1}))
+    assert ref.compiled is False and Path(ref.path, "model.safetensors").is_file()
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(warnings) == 1 and "FakeCompileFailure" in warnings[0]
