@@ -24,9 +24,9 @@ test-fast: $(VENV)/.installed-test
 serve: $(VENV)/.installed-demo
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/nerflow serve --workdir work
 
-# Benchmarks 1-3 at small sizes; bench/README.md has the full-size commands and the time it takes.
+# Quality, speed and orchestration benchmarks at small sizes; bench/README.md has the full-size commands and the time it takes.
 bench: $(VENV)/.installed-demo
-	$(OFFLINE) $(BIN)/python -m bench.quality --train-size 1000 --epochs 1 --test-size 2000 --json bench/results/quality-small.json
+	$(OFFLINE) $(BIN)/python -m bench.quality --regimes 2k --seeds 1 --variants plain nerflow --epochs 1 --json bench/results/quality-small.json
 	$(OFFLINE) $(BIN)/python -m bench.speed --train-size 2000 --epochs 1 --val-size 500 --json bench/results/speed-small.json
 	$(OFFLINE) $(BIN)/python -m bench.orchestration --train-size 500 --epochs 1 --json bench/results/orchestration-small.json
 

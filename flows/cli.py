@@ -10,12 +10,15 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from tasks.errors import InputError
+
 from flows.settings import (
     PublishSettings,
     RunSettings,
     SettingsError,
     describe_validation_error,
     load_settings,
+    settings_reference,
     settings_to_yaml,
 )
 
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="print the resolved run settings as YAML (or the JSON schema)")
     _add_settings_args(settings)
     settings.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+    settings.add_argument("--markdown", action="store_true", help="print every setting as Markdown tables (docs/settings.md)")
 
     publish = sub.add_parser("publish", help="publish a finished run (no retraining)")
     publish.add_argument("run_dir", help="a run folder (OUTPUT_DIR/RUN_NAME)")
@@ -100,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     pool_create.add_argument("--working-dir", help="process pools: folder the flow runs start in (runs/ goes there)")
     pool_create.add_argument("--overwrite", action="store_true", help="update the pool's template if it exists")
 
+    sweep = sub.add_parser("sweep", help="train one run per point of a hyperparameter grid; publish the validation-best")
+    _add_settings_args(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a setting and its values, e.g. train.learning_rate=1e-5,3e-5 (repeatable)")
+    sweep.add_argument("--name", help="sweep name (trial run names are NAME-t1, NAME-t2, ...)")
+    sweep.add_argument("--deployment", help="run trials as runs of this deployment (e.g. finetune_ner/wikiann-bn) on its pool")
+    sweep.add_argument("--parallel", type=int, default=2, help="trials at a time with --deployment")
+
+    alerts = sub.add_parser("alerts", help="failure alerts of unattended runs")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    alerts_create = alerts_sub.add_parser("create", help="save the notification block failed runs are reported to")
+    alerts_create.add_argument("--webhook", required=True, help="URL that receives a JSON POST {subject, body} per failed run")
+    alerts_create.add_argument("--name", default="nerflow-alerts", help="block name (alerts.notification_block: custom-webhook/NAME)")
+
     trigger = sub.add_parser("trigger", help="emit nerflow.dataset.updated for a dataset (as the watcher does)")
     trigger.add_argument("dataset", help="dataset name of the event resource, e.g. wikiann-bn")
     trigger.add_argument("--revision", help="the new revision, passed to the triggered run")
@@ -111,21 +128,52 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workdir", default="work", help="where runs, logs and caches go")
     serve.add_argument("--home", default=None, help="PREFECT_HOME for the server (default: Prefect's)")
 
-    predict = sub.add_parser("predict", help="print the entities a trained model finds")
+    predict = sub.add_parser("predict", help="the entities a trained model finds, in sentences or a whole file")
     predict.add_argument("model_dir", help="a run's model folder (RUN_DIR/model)")
-    predict.add_argument("text", nargs="+", help="one or more sentences")
+    predict.add_argument("text", nargs="*", help="one or more sentences (or use --input)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--input", help="file of documents: .txt (one per line), .jsonl (text or tokens), .conll")
+    predict.add_argument("--output", help="where to write one JSON line per input document (with --input)")
+    predict.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "conll"], help="input format (default: by extension)")
+    predict.add_argument("--labelled", action="store_true", help="the input's tags are gold: also write OUTPUT.scores.json (seqeval, word level)")
+    predict.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    predict.add_argument("--stride", type=int, default=32, help="subwords shared by consecutive windows of a long document")
     return parser
+
+
+def preflight(settings: RunSettings) -> None:
+    """What can be checked in milliseconds before a server starts: the run policy, the local dataset
+    folder and its labels.txt. Raises InputError; the flow checks every row later."""
+    from pathlib import Path
+
+    from tasks.errors import DatasetValidationError
+    from tasks.policy import check_run_policy
+    from tasks.sources import is_local_source, read_labels_file
+
+    check_run_policy(settings)
+    if is_local_source(settings.dataset):
+        folder = Path(settings.dataset.source).expanduser()
+        if not folder.is_dir():
+            raise DatasetValidationError([f"{folder}: dataset folder does not exist (dataset.source)"])
+        read_labels_file(folder)
 
 
 def cmd_train(settings: RunSettings) -> int:
     from flows.serve import temporary_server_when_needed
 
+    preflight(settings)
     with temporary_server_when_needed() as use_server:
-        from flows.finetune import finetune_ner  # the pipeline's libraries load while the server boots
+        from flows.finetune import INVALID_INPUT, finetune_ner  # the pipeline's libraries load while the server boots
 
         with use_server():
-            result = finetune_ner(settings=settings)
+            state = finetune_ner(settings=settings, return_state=True)
+    if state.is_failed():
+        print(f"nerflow: {state.message}" if state.name == INVALID_INPUT else f"nerflow: the run failed: {state.message}", file=sys.stderr)
+        return 2 if state.name == INVALID_INPUT else 1
+    result = state.result()
+    if result is None:  # a secondary node of a multi-node run: rank 0's node evaluates and publishes
+        print("training done on this node; the node holding rank 0 evaluates and publishes")
+        return 0
     print()
     print(f"run folder : {result.run_dir}")
     print(f"model      : {result.model_dir}")
@@ -133,6 +181,25 @@ def cmd_train(settings: RunSettings) -> int:
     print(f"metrics    : {result.metrics_path}")
     print(f"test F1    : {result.test_f1:.4f} (word level; precision {result.test_precision:.4f}, recall {result.test_recall:.4f})")
     print(f"published  : {result.published_to if result.published else 'no'} ({result.gate})")
+    return 0
+
+
+def cmd_sweep(settings: RunSettings, args: argparse.Namespace) -> int:
+    from flows.serve import temporary_server_when_needed
+
+    preflight(settings)
+    with temporary_server_when_needed() as use_server:
+        from flows.sweep import parse_grid, sweep_ner
+
+        grid = parse_grid(args.grid)
+        with use_server():
+            result = sweep_ner(settings=settings, grid=grid, name=args.name, deployment=args.deployment, max_parallel=args.parallel)
+    print(f"{'trial':<6} {'validation F1':<14} {'test F1':<8} settings")
+    for trial in sorted(result.trials, key=lambda t: t.number):
+        f1 = lambda v: f"{v:.4f}" if v is not None else trial.state  # noqa: E731
+        print(f"{trial.number:<6} {f1(trial.validation_f1):<14} {f1(trial.test_f1):<8} {json.dumps(trial.overrides)}")
+    best = result.best
+    print(f"best: trial {best.number} ({best.run_dir}); published: {result.publication.location() if result.publication.published else 'no'} ({result.publication.gate.reason})")
     return 0
 
 
@@ -200,9 +267,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.port, args.pool, prefect_file.resolve(), Path(args.workdir).resolve(), home)
 
 
+def cmd_predict_file(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tasks.predict_io import predict_file
+
+    if not args.output:
+        raise InputError("--input needs --output (a .jsonl file to write)")
+    bar = tqdm(total=None, unit="batch", desc="predicting", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    summary = predict_file(args.model_dir, args.input, args.output, args.format, args.labelled, args.batch_size, args.stride, progress)
+    bar.close()
+    print(json.dumps(summary) if args.json else "\n".join(f"{k:<9}: {v}" for k, v in summary.items()))
+    return 0
+
+
 def cmd_predict(model_dir: str, texts: list[str], as_json: bool) -> int:
     from tasks.predict import NerPredictor
 
+    if not texts:
+        raise InputError("give sentences to tag, or --input FILE --output FILE.jsonl")
     results = NerPredictor(model_dir).predict(texts)
     if as_json:
         print(json.dumps([{"text": t, "entities": r} for t, r in zip(texts, results)], ensure_ascii=False, indent=2))
@@ -222,11 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args.command == "predict":
-            return cmd_predict(args.model_dir, args.text, args.json)
+            return cmd_predict_file(args) if args.input else cmd_predict(args.model_dir, args.text, args.json)
         if args.command == "publish":
             return cmd_publish(args)
         if args.command == "pool":
             return cmd_pool_create(args)
+        if args.command == "alerts":
+            from flows.alerts import create_webhook_block
+
+            print(f"saved notification block {create_webhook_block(args.webhook, args.name)}: failed and crashed runs are reported to it")
+            return 0
         if args.command == "trigger":
             return cmd_trigger(args.dataset, args.revision)
         if args.command == "serve":
@@ -234,12 +327,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "settings" and args.schema:
             print(json.dumps(RunSettings.model_json_schema(), indent=2))
             return 0
+        if args.command == "settings" and args.markdown:
+            print(settings_reference(), end="")
+            return 0
         settings = load_settings(args.config, args.overrides)
+        if args.command == "sweep":
+            return cmd_sweep(settings, args)
         if args.command == "settings":
             print(settings_to_yaml(settings), end="")
             return 0
         return cmd_train(settings)
-    except (SettingsError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:
         print(f"nerflow: {e}", file=sys.stderr)
         return 2
 

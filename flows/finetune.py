@@ -7,22 +7,31 @@ tokenizer, README.md card), `checkpoints/`, `metrics.json`, `train_log.json` and
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+from prefect.states import Completed, Failed, State
 from pydantic import BaseModel
 
+from flows.alerts import on_run_failure
 from flows.settings import RunSettings
 from tasks.caching import adopt_outputs, cached_or_rebuilt
 from tasks.card import model_card_task, widget_predictions_task
 from tasks.evaluate import evaluate_task, metrics_exist
 from tasks.ingest import ingest_task
 from tasks.publish import publish_task
-from tasks.storage import atomic_write_json
-from tasks.refs import TrainJob
+from tasks.errors import InputError
+from tasks.logs import quiet_input_errors_on_console
+from tasks.policy import check_run_policy
+from tasks.storage import atomic_write_json, folder_lock
+from tasks.refs import TrackingRef, TrainJob
 from tasks.tokenize import tokenize_task, tokenized_exists
+from tasks.track import start_tracking_task, track_task
 from tasks.train import model_exists, train_task
 
 
@@ -43,6 +52,9 @@ class RunResult(BaseModel):
     train_runtime_s: float = 0.0
     compile_s: float = 0.0
     """Part of train_runtime_s spent compiling the model (train.compile)."""
+    stopped_early: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_model_version: str | None = None
     widget_predictions: list[dict] = []
     published: bool
     published_to: str
@@ -50,21 +62,63 @@ class RunResult(BaseModel):
 
 
 def resolve_run_name(settings: RunSettings) -> str:
+    """settings.run_name, else a name derived from the Prefect flow run: its scheduled start and name.
+    Both stay the same when the flow run is retried or scheduled again after a crash, so the new
+    attempt finds the run folder and resumes from its checkpoints."""
     if settings.run_name:
         return settings.run_name
     from prefect.runtime import flow_run
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{flow_run.name or 'local'}"
+    started = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+    return f"{started.astimezone(timezone.utc):%Y%m%d-%H%M%S}-{flow_run.name or 'local'}"
 
 
-def prepare_run_dir(settings: RunSettings, run_name: str) -> Path:
-    """Create the run folder and record the resolved settings (they hold no secrets, only block names)."""
+# A dataset revision that another run of the deployment completed within this window is not trained
+# again: a burst of dataset-update events for one revision trains once.
+DEDUPE_WINDOW = timedelta(hours=24)
+
+
+def revision_already_handled(revision: str | None) -> str | None:
+    """Why this run has nothing to do, if another run of its deployment is handling, or completed,
+    the same dataset revision; None otherwise (and for runs not started with a revision)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.runtime import deployment, flow_run
+
+    if not revision or not deployment.id:
+        return None
+    since = datetime.now(timezone.utc) - DEDUPE_WINDOW
+    states = FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.RUNNING, StateType.PENDING])
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=states), expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+            limit=200,
+        )
+    for run in runs:
+        if str(run.id) != str(flow_run.id) and run.parameters.get("dataset_revision") == revision:
+            return f"dataset revision {revision} is already handled by flow run {run.name} ({run.state_type.value.lower()}); nothing to do"
+    return None
+
+
+@contextmanager
+def run_folder(settings: RunSettings, run_name: str) -> Iterator[Path]:
+    """The run's folder, locked for this run (a second run with the same name is refused, never a second
+    writer), with the resolved settings recorded (they hold no secrets, only block names)."""
     run_dir = Path(settings.output_dir) / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = settings.model_copy(update={"run_name": run_name})
-    atomic_write_json(run_dir / "settings.json", resolved.model_dump(mode="json"))
-    return run_dir
+    with folder_lock(run_dir, f"run {run_name!r}"):
+        resolved = settings.model_copy(update={"run_name": run_name})
+        atomic_write_json(run_dir / "settings.json", resolved.model_dump(mode="json"))
+        yield run_dir
 
 
 def summary_markdown(result: RunResult) -> str:
@@ -87,28 +141,56 @@ def summary_markdown(result: RunResult) -> str:
             f"- Published: {'yes, ' + result.published_to if result.published else 'no'} ({result.gate})",
         ]
         + ([f"- Training resumed from `{result.resumed_from}`"] if result.resumed_from else [])
+        + ([f"- Early stopping: {result.stopped_early}"] if result.stopped_early else [])
+        + ([f"- MLflow run `{result.mlflow_run_id}`" + (f", registered model version {result.mlflow_model_version}" if result.mlflow_model_version else "")] if result.mlflow_run_id else [])
         + ([f"- Model reused (cached) from `{result.reused_model_from}`"] if result.reused_model_from else [])
         + (examples if result.widget_predictions else [])
     )
 
 
-@flow(name="finetune_ner", description="Fine-tune a BERT-family model for NER: ingest, tokenize, train, evaluate, card, publish.")
+INVALID_INPUT = "Invalid input"  # the name of a run's Failed state when its data or settings are unusable
+
+
+@flow(
+    name="finetune_ner",
+    description="Fine-tune a BERT-family model for NER: ingest, tokenize, train, evaluate, card, publish.",
+    on_failure=[on_run_failure],
+    on_crashed=[on_run_failure],
+)
 def finetune_ner(
     settings: RunSettings = RunSettings(),  # noqa: B008 - a pydantic default renders as the UI form
     dataset_revision: str | None = None,
-) -> RunResult | None:
+) -> RunResult | State | None:
     """`dataset_revision` overrides settings.dataset.revision: the dataset-update trigger passes the new
     revision here without replacing the rest of the deployment's settings. Returns None on the
-    secondary nodes of a multi-node run, whose flow runs end after training."""
+    secondary nodes of a multi-node run, whose flow runs end after training.
+
+    Unusable data or settings end the run Failed with one message that says what and where (the
+    traceback goes to the run's log only); a revision another run of the deployment already handled
+    ends it Completed without work."""
+    quiet_input_errors_on_console()
     if dataset_revision:
         settings = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"revision": dataset_revision})})
-    run_name = resolve_run_name(settings)
-    run_dir = prepare_run_dir(settings, run_name)
-    cache_dir = str(settings.resolved_cache_dir())
+    try:
+        check_run_policy(settings)
+        if handled := revision_already_handled(dataset_revision):
+            get_run_logger().info(handled)
+            return Completed(message=handled)
+        run_name = resolve_run_name(settings)
+        with run_folder(settings, run_name) as run_dir:
+            return run_pipeline(settings, run_name, run_dir)
+    except InputError as exc:
+        get_run_logger().error("%s", exc, exc_info=True)
+        return Failed(name=INVALID_INPUT, message=str(exc))
 
+
+def run_pipeline(settings: RunSettings, run_name: str, run_dir: Path) -> RunResult | None:
+    """ingest -> tokenize -> train -> evaluate -> card -> widget predictions -> publish -> track."""
+    cache_dir = str(settings.resolved_cache_dir())
+    tracking = start_tracking_task(settings.tracking, run_name) if settings.tracking.backends else TrackingRef()
     dataset = ingest_task(settings.dataset, cache_dir)
     tokenized = cached_or_rebuilt(tokenize_task, tokenized_exists, dataset, settings.model, settings.tokenize, cache_dir)
-    job = TrainJob.for_run(settings, tokenized, run_dir, run_name)
+    job = TrainJob.for_run(settings, tokenized, run_dir, run_name).model_copy(update={"mlflow_run_id": tracking.mlflow_run_id})
     train_step = train_task if settings.train.reuse_cached_model else train_task.with_options(refresh_cache=True)
     model = cached_or_rebuilt(train_step, model_exists, job)
     if model is None:  # a secondary node of a multi-node run: rank 0's node does the rest
@@ -120,8 +202,16 @@ def finetune_ner(
     card = model_card_task(model, evaluation, dataset, tokenized, settings, run_name)
     found = widget_predictions_task(model, card.widget_examples)
     publication = publish_task(str(run_dir), settings.publish, settings.resolved_model_name())
+    if {"mlflow", "tensorboard"} & set(settings.tracking.backends):
+        published_to = publication.location() if publication.published else None
+        tracking = track_task(tracking, settings, run_name, str(run_dir), model, evaluation, card, dataset, published_to)
+    result = run_result(run_name, run_dir, dataset, model, evaluation, card, publication, found, tracking)
+    create_markdown_artifact(key="run-summary", markdown=summary_markdown(result), description="Where the model is")
+    return result
 
-    result = RunResult(
+
+def run_result(run_name, run_dir, dataset, model, evaluation, card, publication, found, tracking) -> RunResult:
+    return RunResult(
         run_name=run_name,
         run_dir=str(run_dir),
         model_dir=model.path,
@@ -137,10 +227,11 @@ def finetune_ner(
         reused_model_from=model.reused_from,
         train_runtime_s=model.train_runtime_s,
         compile_s=model.compile_s,
+        stopped_early=model.stopped_early,
         widget_predictions=found,
         published=publication.published,
         published_to=publication.location(),
         gate=publication.gate.reason,
+        mlflow_run_id=tracking.mlflow_run_id,
+        mlflow_model_version=tracking.registered_version,
     )
-    create_markdown_artifact(key="run-summary", markdown=summary_markdown(result), description="Where the model is")
-    return result

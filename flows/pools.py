@@ -6,6 +6,12 @@ import json
 from pathlib import Path
 
 POOL_TYPES = ("process", "docker", "kubernetes")
+# The training deployment's work queue: one training at a time per pool. The server counts the queue's
+# running flow runs in its database, so unlike a deployment concurrency limit (a lease the flow run must
+# renew), the limit holds through a server restart without cancelling the run that holds it.
+TRAINING_QUEUE = "training"
+TRAINING_CONCURRENCY = 1
+SWEEP_QUEUE = "sweep"  # sweep trials started as deployment runs (flows.sweep), limited per sweep
 TEMPLATES = Path(__file__).resolve().parent.parent / "deployments" / "pools"
 
 
@@ -47,9 +53,22 @@ def create_pool(
             client.create_work_pool(
                 WorkPoolCreate(name=name, type=pool_type, base_job_template=template, concurrency_limit=concurrency_limit)
             )
-            return "created"
+            outcome = "created"
         except ObjectAlreadyExists:
             if not overwrite:
                 raise
             client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, concurrency_limit=concurrency_limit))
-            return "updated"
+            outcome = "updated"
+        ensure_queue(client, name, TRAINING_QUEUE, TRAINING_CONCURRENCY)
+    return outcome
+
+
+def ensure_queue(client, pool: str, queue: str, concurrency: int) -> None:
+    """A work queue of the pool with this concurrency limit (created, or its limit reset)."""
+    from prefect.exceptions import ObjectAlreadyExists
+
+    try:
+        client.create_work_queue(queue, work_pool_name=pool, concurrency_limit=concurrency)
+    except ObjectAlreadyExists:
+        found = client.read_work_queue_by_name(queue, work_pool_name=pool)
+        client.update_work_queue(found.id, concurrency_limit=concurrency)

@@ -13,5 +13,6 @@ from tasks.settings import (  # noqa: F401
     TrainSettings,
     describe_validation_error,
     load_settings,
+    settings_reference,
     settings_to_yaml,
 )

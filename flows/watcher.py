@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from flows.settings import DatasetSettings
 from tasks.sources import source_revision
-from tasks.retry import network_retry_condition
+from tasks.retry import REVISION_CHECK_TIMEOUT_S, TASK_RETRIES, network_retry_condition
 
 EVENT = "nerflow.dataset.updated"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,100}$")
@@ -55,7 +55,7 @@ def emit_dataset_updated(name: str, revision: str, source: str | None = None, pr
     )
 
 
-@task(name="read-revision", retries=3, retry_delay_seconds=[5, 30, 120], retry_jitter_factor=0.5, retry_condition_fn=network_retry_condition)
+@task(name="read-revision", retry_condition_fn=network_retry_condition, timeout_seconds=REVISION_CHECK_TIMEOUT_S, **TASK_RETRIES)
 def read_revision(dataset: DatasetSettings) -> str:
     return source_revision(dataset)
 

@@ -275,6 +275,6 @@ def model_card_task(
     return ref
 
 
-@task(name="widget-predictions", cache_policy=CacheKeyFnPolicy(cache_key_fn=_widget_cache_key), persist_result=True)
+@task(name="widget-predictions", cache_policy=CacheKeyFnPolicy(cache_key_fn=_widget_cache_key), persist_result=True, result_serializer="json")
 def widget_predictions_task(model: ModelRef, examples: list[str]) -> list[dict[str, Any]]:
     return widget_predictions(model.path, examples)

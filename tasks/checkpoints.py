@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 from pathlib import Path
 
 from tasks.settings import ModelSettings
+from tasks.storage import atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
@@ -18,10 +22,26 @@ def resolve_checkpoint(checkpoint: str) -> str:
     return checkpoint
 
 
+def load_network(checkpoint: str | Path, revision: str | None = None, trust_remote_code: bool = False, **options):
+    """A token-classification model from safetensors weights only: a pickled .bin checkpoint is code
+    that runs on load. trust_remote_code runs the checkpoint's own Python only when a setting asks."""
+    from transformers import AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification.from_pretrained(
+        resolve_checkpoint(str(checkpoint)), revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code, **options
+    )
+
+
 def load_tokenizer(pretrained: ModelSettings):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(pretrained.checkpoint), revision=pretrained.revision)
+    path = resolve_checkpoint(pretrained.checkpoint)
+    options = {"revision": pretrained.revision, "trust_remote_code": pretrained.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(path, **options)
+    if getattr(tokenizer, "add_prefix_space", None) is False:
+        # Byte-level BPE (RoBERTa, GPT-2 style) marks a word start with a leading space: pre-split words
+        # must get one each, or every word after the first is encoded as a continuation.
+        tokenizer = AutoTokenizer.from_pretrained(path, add_prefix_space=True, **options)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             f"model.checkpoint {pretrained.checkpoint!r}: a fast tokenizer is required (word_ids() for label alignment)"
@@ -51,3 +71,96 @@ def tokenizer_fingerprint(pretrained: ModelSettings) -> str:
     h.update(tokenizer.backend_tokenizer.to_str().encode())
     h.update(json.dumps(sorted(map(str, tokenizer.all_special_tokens))).encode())
     return h.hexdigest()
+
+
+def weights_fingerprint(pretrained: ModelSettings, memo_dir: Path | None = None) -> str:
+    """What the pretrained weights are, for cache keys: new weights behind the same name are another model.
+
+    A local folder (or package:) is hashed by its weight files' contents; the hashes are remembered in
+    memo_dir by path, size and modification time, so an unchanged checkpoint is read once. A Hub id is
+    the commit its revision resolves to (online: the Hub's answer; offline: the local snapshot's)."""
+    folder = Path(resolve_checkpoint(pretrained.checkpoint))
+    if folder.is_dir():
+        memo = _DigestMemo(memo_dir)
+        h = hashlib.sha256(b"weights")
+        for file in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES):
+            h.update(file.name.encode() + b"\x00" + memo.digest(file).encode())
+        memo.save()
+        return h.hexdigest()
+    return f"hub:{hub_commit(pretrained)}"
+
+
+def hub_commit(pretrained: ModelSettings) -> str:
+    """The commit sha a Hub checkpoint's revision points to now; offline, the cached snapshot's."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        sha = HfApi().model_info(pretrained.checkpoint, revision=pretrained.revision).sha
+        if sha:
+            return sha
+    except Exception as e:  # offline or unreachable: the local cache knows which commit it holds
+        log.info("could not ask the Hub for %s's commit (%s); using the local snapshot", pretrained.checkpoint, type(e).__name__)
+    try:
+        return Path(snapshot_download(pretrained.checkpoint, revision=pretrained.revision, local_files_only=True)).name
+    except Exception:
+        log.warning("%s: no commit known (offline, not cached); cache keys use its name only", pretrained.checkpoint)
+        return f"unresolved:{pretrained.revision or 'main'}"
+
+
+class _DigestMemo:
+    """sha256 of files, remembered by (path, size, mtime) in a JSON file."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.path = Path(folder) / "weight-digests.json" if folder else None
+        try:
+            self.known: dict[str, str] = json.loads(self.path.read_text(encoding="utf-8")) if self.path else {}
+        except (OSError, ValueError):
+            self.known = {}
+        self.changed = False
+
+    def digest(self, file: Path) -> str:
+        stat = file.stat()
+        key = f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in self.known:
+            self.known[key] = sha256_file(file)
+            self.changed = True
+        return self.known[key]
+
+    def save(self) -> None:
+        if self.path and self.changed:
+            atomic_write_json(self.path, self.known)
+
+
+def head_labels(pretrained: ModelSettings) -> list[str] | None:
+    """The labels of the checkpoint's token-classification head (None: it has none, or only LABEL_n)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        resolve_checkpoint(pretrained.checkpoint), revision=pretrained.revision, trust_remote_code=pretrained.trust_remote_code
+    )
+    if not any(a.endswith("ForTokenClassification") for a in config.architectures or []):
+        return None
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    return None if all(n.startswith("LABEL_") for n in names) else names
+
+
+def head_rows(labels: list[str], old: list[str] | None, pretrained: ModelSettings) -> dict[int, int]:
+    """New label id -> the row of the checkpoint's head it continues (model.head, model.label_mapping)."""
+    from tasks.errors import InputError
+
+    mapping = pretrained.label_mapping or {}
+    if mapping and old is None:
+        raise InputError(f"model.label_mapping: {pretrained.checkpoint} has no token-classification head with named labels")
+    problems = [f"{k!r} is not a dataset label {labels}" for k in mapping if k not in labels]
+    problems += [f"{v!r} is not a label of {pretrained.checkpoint}'s head {old}" for v in mapping.values() if old and v not in old]
+    if problems:
+        raise InputError("model.label_mapping: " + "; ".join(problems))
+    if pretrained.head == "fresh" or old is None:
+        if pretrained.head == "reuse":
+            raise InputError(f"model.head=reuse: {pretrained.checkpoint} has no token-classification head with named labels")
+        return {}
+    rows = {i: old.index(mapping.get(n, n)) for i, n in enumerate(labels) if mapping.get(n, n) in old}
+    if pretrained.head == "reuse" and len(rows) < len(labels):
+        missing = [n for i, n in enumerate(labels) if i not in rows]
+        raise InputError(f"model.head=reuse: dataset labels {missing} match no label of {pretrained.checkpoint}'s head {old}; map them with model.label_mapping")
+    return rows

@@ -36,16 +36,18 @@ EVAL_SPLITS = ("validation", "test")
 def predict_splits(model_dir: str, data, batch_size: int, label_names: list[str]) -> dict[str, SplitPredictions]:
     """Load the saved model once and score every evaluated split."""
     import torch
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from tasks.checkpoints import load_network
 
     device, bf16, fp16 = choose_device("auto")
-    model = AutoModelForTokenClassification.from_pretrained(model_dir).to(device).eval()
+    network = load_network(model_dir).to(device).eval()
     options = {
         "pad_id": AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0,
         "pad_multiple": pad_multiple(resolve_batching("auto", device), device),
         "autocast_dtype": torch.bfloat16 if bf16 else torch.float16 if fp16 else None,
     }
-    return {name: predict_tokenized(model, data[name], batch_size, label_names, **options) for name in EVAL_SPLITS}
+    return {name: predict_tokenized(network, data[name], batch_size, label_names, **options) for name in EVAL_SPLITS}
 
 
 def split_scores(predictions: SplitPredictions, split, names: list[str], decoding: str) -> tuple[dict, dict, float, Any]:
@@ -125,7 +127,7 @@ def _evaluate_cache_key(context, inputs: dict[str, Any]) -> str:
     )
 
 
-@task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_evaluate_cache_key), persist_result=True)
+@task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_evaluate_cache_key), persist_result=True, result_serializer="json")
 def evaluate_task(model: ModelRef, tokenized: TokenizedRef, run_dir: str, batch_size: int, decoding: str) -> EvaluationRef:
     ev = evaluate_model(model, tokenized, Path(run_dir), batch_size, decoding)
     test = ev.test

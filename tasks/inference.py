@@ -8,7 +8,7 @@ log-probabilities at first subwords and the argmax at every subword leave the de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +52,7 @@ def first_subword_positions(word_ids: Sequence[int | None], n_words: int) -> lis
 
 
 def predict_split(
-    model,
+    network,
     input_ids: Sequence[Sequence[int]],
     word_ids: Sequence[Sequence[int | None]],
     n_words: Sequence[int],
@@ -62,23 +62,26 @@ def predict_split(
     pad_multiple: int | None = None,
     autocast_dtype=None,
     outside_id: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SplitPredictions:
-    """Run the model over tokenized sentences; `model` is already on its device and in eval mode."""
+    """Run the network (a token-classification torch module, on its device, in eval mode) over
+    tokenized sentences."""
     import torch
 
-    device = next(model.parameters()).device
+    device = next(network.parameters()).device
     collate = PadCollator(pad_id, pad_multiple)
     n = len(input_ids)
     word_scores: list[np.ndarray] = [np.empty(0)] * n
     argmax: list[list[int]] = [[] for _ in range(n)]
     loss_sum, labelled = 0.0, 0
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    batches = length_sorted_batches([len(x) for x in input_ids], batch_size)
     with torch.inference_mode(), autocast:
-        for batch in length_sorted_batches([len(x) for x in input_ids], batch_size):
+        for done, batch in enumerate(batches, start=1):
             features = [{"input_ids": input_ids[i]} | ({"labels": labels[i]} if labels is not None else {}) for i in batch]
             inputs = {k: v.to(device) for k, v in collate(features).items()}
             gold = inputs.pop("labels", None)
-            logits = model(**inputs).logits.float()
+            logits = network(**inputs).logits.float()
             log_probs = torch.log_softmax(logits, dim=-1)
             firsts = [first_subword_positions(word_ids[i], n_words[i]) for i in batch]
             positions = PadCollator(0)([{"input_ids": [max(p, 0) for p in f] or [0]} for f in firsts])["input_ids"]
@@ -96,14 +99,16 @@ def predict_split(
                     scores[missing, outside_id] = 0.0
                 word_scores[i] = scores
                 argmax[i] = best[row][: len(input_ids[i])]
+            if progress is not None:
+                progress(done, len(batches))
     return SplitPredictions(word_scores, argmax, loss_sum / labelled if labelled else None)
 
 
-def predict_tokenized(model, split, batch_size: int, label_names: Sequence[str], **options) -> SplitPredictions:
+def predict_tokenized(network, split, batch_size: int, label_names: Sequence[str], **options) -> SplitPredictions:
     """predict_split over a tokenized split (columns input_ids, word_ids, word_labels, labels)."""
     word_labels = list(split["word_labels"])
     return predict_split(
-        model,
+        network,
         list(split["input_ids"]),
         list(split["word_ids"]),
         [len(w) for w in word_labels],

@@ -18,10 +18,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tasks.refs import SPLIT_ROLES, DatasetRef
-from tasks.retry import network_retry_condition
+from tasks.retry import NETWORK_STEP_TIMEOUT_S, TASK_RETRIES, network_retry_condition
 from tasks.settings import DatasetSettings
 from tasks.sources import read_source
-from tasks.storage import atomic_dir
+from tasks.storage import atomic_dir, is_sealed
 from tasks.validation import dataset_fingerprint, profile_splits, resolve_label_names, validate_splits
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def save_clean(clean: dict, label_names: list[str], path: Path) -> None:
     """The validated splits as a datasets.DatasetDict (tags as a ClassLabel), written once per fingerprint."""
     import datasets
 
-    if path.exists():
+    if is_sealed(path):
         return
     features = datasets.Features(
         {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(datasets.ClassLabel(names=label_names))}
@@ -86,10 +86,9 @@ def ingest_dataset(cfg: DatasetSettings, cache_dir: Path) -> DatasetRef:
 @task(
     name="ingest",
     cache_policy=NO_CACHE,  # the source may have changed; re-reading it is the point
-    retries=3,
-    retry_delay_seconds=[5, 20, 60],
-    retry_jitter_factor=0.5,
     retry_condition_fn=network_retry_condition,
+    timeout_seconds=NETWORK_STEP_TIMEOUT_S,
+    **TASK_RETRIES,
 )
 def ingest_task(cfg: DatasetSettings, cache_dir: str) -> DatasetRef:
     """Load and validate the dataset (retried on network errors only) and publish its profile."""

@@ -9,11 +9,14 @@ Transient errors (connection, timeout, 429, 5xx) are retried with exponential ba
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import tempfile
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,10 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from tasks.settings import PublishSettings
-from tasks.retry import call_with_backoff, describe_error, http_status, network_retry_condition
-from tasks.s3 import parse_s3_uri
+from tasks import s3
+from tasks.retry import NETWORK_STEP_TIMEOUT_S, call_with_backoff, describe_error, http_status
 from tasks.secrets import resolve_secret
-from tasks.storage import sha256_file
+from tasks.storage import SEAL, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,15 @@ def _explain_hub_error(exc: Exception, repo_id: str, token_block: str) -> Publis
             "namespace, or change publish.hub_repo_id"
         )
     if status == 404:
-        return PublishError(f"{repo_id} was not found (HTTP 404): check publish.hub_repo_id and the token's namespace")
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        if isinstance(exc, RepositoryNotFoundError):
+            return PublishError(f"{repo_id} was not found (HTTP 404): check publish.hub_repo_id and the token's namespace")
+        url = getattr(getattr(exc, "response", None), "url", None) or "an endpoint"
+        return PublishError(
+            f"{url} answered HTTP 404 while publishing to {repo_id}: the Hub at HF_ENDPOINT "
+            f"({os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}) lacks this endpoint or file"
+        )
     return None
 
 
@@ -116,32 +127,82 @@ def run_marker(run_id: str) -> str:
     return f"[nerflow run {run_id}]"
 
 
-def hub_published_f1(api, repo_id: str) -> tuple[float | None, str | None]:
-    """Test F1 of the model currently on the Hub, read from its card's model-index."""
+class HubMovedOn(RuntimeError):
+    """The Hub branch got a commit after the quality gate read it: the gate must be decided again."""
+
+
+def hub_published_f1(api, repo_id: str) -> tuple[float | None, str | None, str | None]:
+    """(test F1 of the model on the Hub's main branch, where it was read, the commit it was read at).
+
+    The commit is passed to the publishing commit as its parent: if another publisher commits in
+    between, the Hub refuses ours and the gate is decided again against the new model."""
     from huggingface_hub import ModelCard
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
     try:
+        sha = call_with_backoff(lambda: api.model_info(repo_id).sha, what=f"read {repo_id}")
         with tempfile.TemporaryDirectory() as tmp:
             path = call_with_backoff(
-                lambda: api.hf_hub_download(repo_id, "README.md", local_dir=tmp), what=f"download {repo_id} card"
+                lambda: api.hf_hub_download(repo_id, "README.md", revision=sha, local_dir=tmp), what=f"download {repo_id} card"
             )
             card = ModelCard.load(path)
-    except (RepositoryNotFoundError, EntryNotFoundError):
-        return None, None
+    except RepositoryNotFoundError:
+        return None, None, None
+    except EntryNotFoundError:
+        return None, None, sha
     for result in card.data.eval_results or []:
         if result.metric_type == "f1":
-            return float(result.metric_value), f"hub:{repo_id}"
-    return None, None
+            return float(result.metric_value), f"hub:{repo_id}@{sha[:12]}", sha
+    return None, None, sha
 
 
 def find_run_commit(api, repo_id: str, run_id: str) -> str | None:
+    """The commit on main that published this run, if any (its message carries the run marker)."""
     marker = run_marker(run_id)
     commits = call_with_backoff(lambda: api.list_repo_commits(repo_id), what=f"list {repo_id} commits")
     for commit in commits:
         if marker in commit.title or marker in (commit.message or ""):
             return commit.commit_id
     return None
+
+
+def find_run_pull_request(api, repo_id: str, run_id: str) -> int | None:
+    """The pull request (open, merged or closed) that proposed this run, if any."""
+    marker = run_marker(run_id)
+    found = call_with_backoff(
+        lambda: [d for d in api.get_repo_discussions(repo_id, discussion_type="pull_request") if marker in d.title],
+        what=f"list {repo_id} pull requests",
+    )
+    return found[0].num if found else None
+
+
+def _commit_run(api, repo_id: str, model_dir: Path, run_id: str, test_f1: float, settings: PublishSettings, parent: str | None):
+    """One attempt: (URL, new?) of the run's commit or pull request, made only if none exists yet.
+
+    Checked before every attempt: a commit or PR whose response was lost must not be made twice."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if settings.hub_create_pr:
+        number = find_run_pull_request(api, repo_id, run_id)
+        if number is not None:
+            return f"{api.endpoint}/{repo_id}/discussions/{number}", False
+    elif existing := find_run_commit(api, repo_id, run_id):
+        return f"{api.endpoint}/{repo_id}/commit/{existing}", False
+    try:
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(model_dir),
+            commit_message=f"nerflow: test F1 {test_f1:.4f} {run_marker(run_id)}",
+            commit_description=f"Trained by nerflow run {run_id}; word-level test F1 {test_f1:.4f}.",
+            create_pr=settings.hub_create_pr,
+            parent_commit=None if settings.hub_create_pr else parent,
+            ignore_patterns=[SEAL],
+        )
+    except HfHubHTTPError as exc:
+        if http_status(exc) == 412:
+            raise HubMovedOn(f"{repo_id} has a commit newer than {parent}") from exc
+        raise
+    return info.pr_url or f"{api.endpoint}/{repo_id}/commit/{info.oid}", True
 
 
 def publish_to_hub(
@@ -151,8 +212,10 @@ def publish_to_hub(
     settings: PublishSettings,
     token: str | None,
     backoff_base_s: float = 1.0,
+    parent_commit: str | None = None,
 ) -> tuple[str, bool]:
-    """Create the repo if needed and commit the model folder once per run; returns (commit URL, new?)."""
+    """Create the repo if needed and commit the model folder (or open a pull request) once per run;
+    returns (commit or pull-request URL, new?). parent_commit: the commit the quality gate read."""
     repo_id = settings.hub_repo_id
     assert repo_id
     if not token:
@@ -162,38 +225,26 @@ def publish_to_hub(
     api = hub_api(token)
     try:
         call_with_backoff(
-            lambda: api.create_repo(repo_id, private=settings.hub_private, exist_ok=True),
-            what=f"create {repo_id}",
+            lambda: api.create_repo(repo_id, private=settings.hub_private, exist_ok=True), what=f"create {repo_id}", base_s=backoff_base_s
+        )
+        url, new = call_with_backoff(
+            lambda: _commit_run(api, repo_id, model_dir, run_id, test_f1, settings, parent_commit),
+            what=f"commit to {repo_id}",
             base_s=backoff_base_s,
         )
-
-        def commit_once():
-            # Checked before every attempt: a commit whose response was lost must not be made twice.
-            existing = find_run_commit(api, repo_id, run_id)
-            if existing:
-                return existing, False
-            info = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=str(model_dir),
-                commit_message=f"nerflow: test F1 {test_f1:.4f} {run_marker(run_id)}",
-                commit_description=f"Trained by nerflow run {run_id}; word-level test F1 {test_f1:.4f}.",
-                create_pr=settings.hub_create_pr,
-            )
-            return info.oid, True
-
-        oid, new = call_with_backoff(commit_once, what=f"commit to {repo_id}", base_s=backoff_base_s)
-        if settings.hub_tag_runs:
+        if settings.hub_tag_runs and not settings.hub_create_pr:
+            oid = url.rsplit("/", 1)[-1]
             call_with_backoff(
-                lambda: api.create_tag(repo_id, tag=f"run-{run_id}", revision=oid, exist_ok=True),
-                what=f"tag {repo_id}",
-                base_s=backoff_base_s,
+                lambda: api.create_tag(repo_id, tag=f"run-{run_id}", revision=oid, exist_ok=True), what=f"tag {repo_id}", base_s=backoff_base_s
             )
+    except HubMovedOn:
+        raise
     except Exception as exc:
         explained = _explain_hub_error(exc, repo_id, settings.hf_token_block)
         if explained is not None:
             raise explained from None
         raise
-    return f"{api.endpoint}/{repo_id}/commit/{oid}", new
+    return url, new
 
 
 # -------------------------------------------------------------------------------------------------- s3
@@ -201,20 +252,19 @@ def publish_to_hub(
 
 def s3_client(settings: PublishSettings):
     """boto3 S3 client: an AwsCredentials block if named, else the standard AWS chain (AWS_ENDPOINT_URL too)."""
-    if settings.aws_credentials_block:
-        try:
-            from prefect_aws import AwsCredentials
-        except ImportError as e:
-            raise PublishError("publish.aws_credentials_block needs prefect-aws: pip install 'nerflow[aws]'") from e
-        return AwsCredentials.load(settings.aws_credentials_block, _sync=True).get_boto3_session().client("s3")
-    import boto3
-
-    return boto3.client("s3")
+    try:
+        return s3.client(settings.aws_credentials_block)
+    except ImportError as e:
+        raise PublishError("publish.aws_credentials_block needs prefect-aws: pip install 'nerflow[aws]'") from e
 
 
 def run_files(run_dir: Path) -> dict[str, Path]:
     """What a published run consists of: the model folder plus the run's metrics and settings."""
-    files = {f"model/{p.relative_to(run_dir / 'model').as_posix()}": p for p in sorted((run_dir / "model").rglob("*")) if p.is_file()}
+    files = {
+        f"model/{p.relative_to(run_dir / 'model').as_posix()}": p
+        for p in sorted((run_dir / "model").rglob("*"))
+        if p.is_file() and p.name != SEAL  # nerflow's own completeness record, not part of the model
+    }
     files.update({name: run_dir / name for name in RUN_FILES if (run_dir / name).is_file()})
     return files
 
@@ -233,7 +283,7 @@ def _read_json_object(client, bucket: str, key: str) -> dict[str, Any] | None:
 
 def s3_published_f1(client, s3_uri: str, model_name: str) -> tuple[float | None, str | None]:
     """Test F1 of the newest complete (manifested) run of this model under the S3 prefix."""
-    bucket, prefix = parse_s3_uri(s3_uri)
+    bucket, prefix = s3.parse_s3_uri(s3_uri)
     base = f"{prefix}/{model_name}/" if prefix else f"{model_name}/"
     manifests = [
         obj["Key"]
@@ -252,6 +302,34 @@ def s3_published_f1(client, s3_uri: str, model_name: str) -> tuple[float | None,
     return float(newest[0]["test_f1"]), f"s3://{bucket}/{newest[1]}"
 
 
+@contextlib.contextmanager
+def _explained_s3_errors(bucket: str, base: str) -> Iterator[None]:
+    """401/403/404 from S3 become a PublishError that says what to fix; anything else passes through."""
+    try:
+        yield
+    except Exception as exc:
+        status = http_status(exc)
+        if status in (401, 403):
+            raise PublishError(
+                f"S3 refused access to s3://{bucket}/{base}/ (HTTP {status}): check the AWS credentials "
+                "(publish.aws_credentials_block or the AWS environment) and the bucket policy"
+            ) from None
+        if status == 404:
+            raise PublishError(f"S3 bucket {bucket!r} not found (HTTP 404): check publish.s3_uri") from None
+        raise
+
+
+def _s3_prefix(client, bucket: str, base: str, entries: list[dict], backoff_base_s: float) -> tuple[str, dict | None]:
+    """Where the run goes (its own prefix, or a revision prefix when that one holds other files) and
+    the manifest already there, if any."""
+    read = lambda key: call_with_backoff(lambda: _read_json_object(client, bucket, key), what="read manifest", base_s=backoff_base_s)  # noqa: E731
+    existing = read(f"{base}/{MANIFEST}")
+    if existing and existing.get("files") != entries:
+        base = f"{base}/rev-{hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:12]}"
+        existing = read(f"{base}/{MANIFEST}")
+    return base, existing
+
+
 def publish_to_s3(
     run_dir: Path,
     run_id: str,
@@ -261,33 +339,29 @@ def publish_to_s3(
     client=None,
     backoff_base_s: float = 1.0,
 ) -> tuple[str, bool]:
-    """Upload the run under s3://BUCKET/PREFIX/<model>/<run>/, manifest last; returns (URI, new upload?)."""
+    """Upload the run under s3://BUCKET/PREFIX/<model>/<run>/, manifest last; returns (URI, new upload?).
+
+    A run published again with other files (retrained in the same folder) goes to a new prefix,
+    <run>/rev-<content hash>/, with its own manifest: objects under a manifest never change, so a
+    reader that trusts a manifest's sha256s is never served other bytes."""
     assert settings.s3_uri
     client = client or s3_client(settings)
-    bucket, prefix = parse_s3_uri(settings.s3_uri)
+    bucket, prefix = s3.parse_s3_uri(settings.s3_uri)
     base = "/".join(p for p in (prefix, model_name, run_id) if p)
-    uri = f"s3://{bucket}/{base}/"
     files = run_files(run_dir)
     entries = [{"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)} for rel, path in files.items()]
-    try:
-        existing = call_with_backoff(
-            lambda: _read_json_object(client, bucket, f"{base}/{MANIFEST}"), what="read manifest", base_s=backoff_base_s
-        )
+    with _explained_s3_errors(bucket, base):
+        base, existing = _s3_prefix(client, bucket, base, entries, backoff_base_s)
         if existing and existing.get("files") == entries:
-            return uri, False
+            return f"s3://{bucket}/{base}/", False
         for entry in entries:
             call_with_backoff(
                 lambda entry=entry: client.upload_file(str(files[entry["path"]]), bucket, f"{base}/{entry['path']}"),
                 what=f"upload {entry['path']}",
                 base_s=backoff_base_s,
             )
-        manifest = {
-            "model_name": model_name,
-            "run_id": run_id,
-            "test_f1": test_f1,
-            "created_at": datetime.now(timezone.utc).isoformat(),
-            "files": entries,
-        }
+        created = datetime.now(timezone.utc).isoformat()
+        manifest = {"model_name": model_name, "run_id": run_id, "test_f1": test_f1, "created_at": created, "files": entries}
         call_with_backoff(
             lambda: client.put_object(
                 Bucket=bucket, Key=f"{base}/{MANIFEST}", Body=json.dumps(manifest, indent=2).encode(), ContentType="application/json"
@@ -295,17 +369,7 @@ def publish_to_s3(
             what="write manifest",
             base_s=backoff_base_s,
         )
-    except Exception as exc:
-        status = http_status(exc)
-        if status in (401, 403):
-            raise PublishError(
-                f"S3 refused access to {uri} (HTTP {status}): check the AWS credentials "
-                "(publish.aws_credentials_block or the AWS environment) and the bucket policy"
-            ) from None
-        if status == 404:
-            raise PublishError(f"S3 bucket {bucket!r} not found (HTTP 404): check publish.s3_uri") from None
-        raise
-    return uri, True
+    return f"s3://{bucket}/{base}/", True
 
 
 # ----------------------------------------------------------------------------------------------- step
@@ -319,39 +383,50 @@ def read_run(run_dir: Path) -> tuple[str, float]:
     return run_dir.name, float(json.loads(metrics_path.read_text())["word_level"]["test"]["f1"])
 
 
-def publish_run(
-    run_dir: Path, settings: PublishSettings, model_name: str, backoff_base_s: float = 1.0
-) -> PublishResult:
-    run_dir = Path(run_dir)
-    run_id, test_f1 = read_run(run_dir)
-    token = resolve_secret(settings.hf_token_block, "HF_TOKEN") if "hub" in settings.targets else None
-    client = s3_client(settings) if "s3" in settings.targets else None
+GATE_ATTEMPTS = 3  # how often the gate is decided again when another publisher got to the Hub first
 
-    published_f1, published_at = None, None
+
+def decide_gate(settings: PublishSettings, model_name: str, test_f1: float, token: str | None, client) -> tuple[GateDecision, str | None]:
+    """The quality gate's decision and the Hub commit it compared against (None: no Hub comparison)."""
+    published_f1, published_at, read_at = None, None, None
     if settings.require_improvement:
         # The Hub card is the public face of the model; S3 manifests speak for S3-only setups.
         if "hub" in settings.targets:
             try:
-                published_f1, published_at = hub_published_f1(hub_api(token), settings.hub_repo_id)
+                published_f1, published_at, read_at = hub_published_f1(hub_api(token), settings.hub_repo_id)
             except Exception as exc:
                 raise _explain_hub_error(exc, settings.hub_repo_id or "", settings.hf_token_block) or exc from None
         if published_f1 is None and client is not None:
             published_f1, published_at = s3_published_f1(client, settings.s3_uri, model_name)
-    gate = quality_gate(test_f1, settings.min_f1, published_f1, settings.require_improvement, published_at)
-    result = PublishResult(published=gate.passed, gate=gate)
-    if not gate.passed:
-        return result
-    if "local" in settings.targets:
-        result.local_path = str(run_dir / "model")
-    if "s3" in settings.targets:
-        result.s3_uri, result.s3_new_upload = publish_to_s3(
-            run_dir, run_id, model_name, test_f1, settings, client, backoff_base_s
-        )
-    if "hub" in settings.targets:
-        result.hub_commit_url, result.hub_new_commit = publish_to_hub(
-            run_dir / "model", run_id, test_f1, settings, token, backoff_base_s
-        )
-    return result
+    return quality_gate(test_f1, settings.min_f1, published_f1, settings.require_improvement, published_at), read_at
+
+
+def publish_run(run_dir: Path, settings: PublishSettings, model_name: str, backoff_base_s: float = 1.0) -> PublishResult:
+    run_dir = Path(run_dir)
+    run_id, test_f1 = read_run(run_dir)
+    token = resolve_secret(settings.hf_token_block, "HF_TOKEN") if "hub" in settings.targets else None
+    client = s3_client(settings) if "s3" in settings.targets else None
+    for attempt in range(1, GATE_ATTEMPTS + 1):
+        gate, read_at = decide_gate(settings, model_name, test_f1, token, client)
+        result = PublishResult(published=gate.passed, gate=gate)
+        if not gate.passed:
+            return result
+        if "local" in settings.targets:
+            result.local_path = str(run_dir / "model")
+        if "s3" in settings.targets:
+            result.s3_uri, result.s3_new_upload = publish_to_s3(run_dir, run_id, model_name, test_f1, settings, client, backoff_base_s)
+        if "hub" not in settings.targets:
+            return result
+        try:
+            result.hub_commit_url, result.hub_new_commit = publish_to_hub(
+                run_dir / "model", run_id, test_f1, settings, token, backoff_base_s, parent_commit=read_at
+            )
+            return result
+        except HubMovedOn as moved:
+            if attempt == GATE_ATTEMPTS:
+                raise PublishError(f"{settings.hub_repo_id} kept changing while publishing ({moved}); publish again") from None
+            log.warning("%s; deciding the quality gate again (attempt %d of %d)", moved, attempt + 1, GATE_ATTEMPTS)
+    raise AssertionError("unreachable")
 
 
 def gate_markdown(result: PublishResult) -> str:
@@ -367,11 +442,8 @@ def gate_markdown(result: PublishResult) -> str:
 
 @task(
     name="publish",
-    cache_policy=NO_CACHE,
-    retries=3,
-    retry_delay_seconds=[10, 60, 300],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=network_retry_condition,
+    cache_policy=NO_CACHE,  # every Hub and S3 call inside retries itself (tasks.retry.call_with_backoff)
+    timeout_seconds=NETWORK_STEP_TIMEOUT_S,
 )
 def publish_task(run_dir: str, settings: PublishSettings, model_name: str) -> PublishResult:
     logger = get_run_logger()

@@ -85,6 +85,8 @@ class ModelRef(BaseModel):
     """One row per evaluated epoch: epoch, train loss, validation precision/recall/F1."""
     reused_from: str | None = None
     """Run folder this model was trained in, when a cache hit reused an earlier run's model."""
+    stopped_early: str | None = None
+    """When and why early stopping ended training (None: every epoch ran)."""
 
 
 class TrainJob(BaseModel):
@@ -96,6 +98,10 @@ class TrainJob(BaseModel):
     tracking: TrackingSettings
     decoding: str
     """How validation scores read word tags (evaluation.decoding): it picks the best epoch."""
+    weights: str = ""
+    """Fingerprint of the pretrained weights (tasks.checkpoints.weights_fingerprint): part of the cache key."""
+    mlflow_run_id: str | None = None
+    """The MLflow run the Trainer's live logger joins (tracking.backends has mlflow); not part of the cache key."""
     run_dir: str
     run_name: str
     progress_artifact_id: str | None = None
@@ -106,12 +112,15 @@ class TrainJob(BaseModel):
 
     @classmethod
     def for_run(cls, settings: RunSettings, tokenized: TokenizedRef, run_dir: str | Path, run_name: str) -> TrainJob:
+        from tasks.checkpoints import weights_fingerprint
+
         return cls(
             tokenized=tokenized,
             pretrained=settings.model,
             hparams=settings.train,
             tracking=settings.tracking,
             decoding=settings.evaluation.decoding,
+            weights=weights_fingerprint(settings.model, settings.resolved_cache_dir()),
             run_dir=str(run_dir),
             run_name=run_name,
         )
@@ -132,6 +141,15 @@ class EvaluationRef(BaseModel):
     @property
     def test(self) -> dict[str, Any]:
         return self.word_level["test"]
+
+
+class TrackingRef(BaseModel):
+    """Where the run is tracked beyond its folder: the MLflow run (None without MLflow) and, once
+    published, the registered model version."""
+
+    mlflow_run_id: str | None = None
+    mlflow_experiment_id: str | None = None
+    registered_version: str | None = None
 
 
 class CardRef(BaseModel):

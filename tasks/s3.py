@@ -13,3 +13,20 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not match:
         raise ValueError(f"{uri}: not an s3://bucket/prefix URI")
     return match.group(1), match.group(2).strip("/")
+
+
+def client(credentials_block: str | None = None):
+    """A boto3 S3 client without botocore's own retries (tasks.retry decides): credentials from the
+    named prefect-aws AwsCredentials block, else the standard AWS chain; endpoint from AWS_ENDPOINT_URL."""
+    from botocore.config import Config
+
+    from tasks.retry import NO_CLIENT_RETRIES
+
+    config = Config(**NO_CLIENT_RETRIES)
+    if credentials_block:
+        from prefect_aws import AwsCredentials  # ImportError without the aws extra
+
+        return AwsCredentials.load(credentials_block, _sync=True).get_boto3_session().client("s3", config=config)
+    import boto3
+
+    return boto3.client("s3", config=config)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -25,3 +27,19 @@ def resolve_secret(block_name: str | None, env_var: str) -> str | None:
         except Exception as e:  # no reachable Prefect API: the environment is the only source
             log.debug("could not read Secret block %r: %s", block_name, type(e).__name__)
     return os.environ.get(env_var) or None
+
+
+@contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block only (the W&B key is not left behind
+    for every later subprocess of the worker), then put back what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -17,16 +17,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.errors import InputError
+
 AlignmentStrategy = Literal["first", "all", "tutorial"]
-Tracking = Literal["none", "wandb"]
+Tracker = Literal["wandb", "mlflow", "tensorboard"]
+LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"]
+Optimizer = Literal["adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "rmsprop"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-DatasetFormat = Literal["auto", "hub", "jsonl", "json", "parquet", "conll"]
+DatasetFormat = Literal["auto", "hub", "jsonl", "json", "parquet", "conll", "csv", "tsv"]
 PublishTarget = Literal["local", "hub", "s3"]
 Batching = Literal["auto", "random", "length", "static"]
 CompileMode = Literal["auto", "off", "on"]
 Decoding = Literal["iob2", "argmax"]
+HeadChoice = Literal["auto", "reuse", "fresh"]
 
-_IOB_LABEL = re.compile(r"^(O|[BI]-[^\s]+)$")
+IOB_LABEL = re.compile(r"^(O|[BI]-[^\s]+)$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -42,7 +47,7 @@ class DatasetSettings(_Section):
         "unimelb-nlp/wikiann",
         min_length=1,
         description="Hugging Face Hub dataset id, a local folder holding train/validation/test files "
-        "(jsonl, json, parquet or CoNLL), or an s3://bucket/prefix URI holding such files.",
+        "(jsonl, json, parquet, CoNLL, CSV or TSV), or an s3://bucket/prefix URI holding such files.",
     )
     config: str | None = Field(
         "bn", description="Hub dataset configuration (for WikiANN: the language code). Ignored for files."
@@ -84,7 +89,7 @@ class DatasetSettings(_Section):
             return None
         if len(set(names)) != len(names):
             raise ValueError("label names must be unique")
-        bad = [n for n in names if not _IOB_LABEL.match(n)]
+        bad = [n for n in names if not IOB_LABEL.match(n)]
         if bad:
             raise ValueError(f"label names must be IOB2 tags (O, B-TYPE, I-TYPE); not: {bad}")
         if "O" not in names:
@@ -119,6 +124,22 @@ class ModelSettings(_Section):
     base_model_id: str | None = Field(
         None,
         description="Hub id written as base_model in the model card when the checkpoint is a local folder.",
+    )
+    head: HeadChoice = Field(
+        "auto",
+        description="The classification head of a checkpoint that already is an NER model. 'auto': keep the "
+        "rows of the labels it shares with the dataset (by name, or through label_mapping), new rows for "
+        "the others. 'reuse': the same, but every dataset label must match. 'fresh': a new head.",
+    )
+    label_mapping: dict[str, str] | None = Field(
+        None,
+        description="Dataset label -> the checkpoint's label it continues, e.g. {B-PER: B-person}, for heads "
+        "whose names differ from the dataset's. Unmapped labels match by name.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with the checkpoint (its auto_map) to build the model and "
+        "tokenizer. Off: only transformers' own classes load, from safetensors weights.",
     )
 
 
@@ -177,6 +198,34 @@ class TrainSettings(_Section):
         "stop waiting on kernel launches. 'auto': on for CUDA, off on a CPU. A compile failure falls back "
         "to eager execution with a warning; compile time is reported apart from training time.",
     )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many evaluated epochs in a row without a validation F1 gain above "
+        "early_stopping_threshold; the best epoch is kept. None: train every epoch (the tutorial recipe).",
+    )
+    early_stopping_threshold: float = Field(
+        0.0, ge=0, le=1, description="Smallest validation F1 gain that counts as an improvement for early stopping."
+    )
+    lr_scheduler: LrScheduler = Field("linear", description="Learning-rate schedule after the warm-up.")
+    optimizer: Optimizer = Field(
+        "adamw_torch_fused", description="Optimiser (transformers' names); the fused AdamW updates every parameter in one kernel."
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this value; 0 turns clipping off.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less GPU memory for about a third more compute."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Share of each label's probability spread over the other labels in the loss."
+    )
+    auto_batch_size: bool = Field(
+        False, description="On CUDA out-of-memory, halve batch_size and try again (transformers' auto_find_batch_size)."
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other transformers TrainingArguments field by name, e.g. {adam_beta2: 0.98}. Checked "
+        "against the installed transformers before the run starts; fields nerflow sets itself are refused.",
+    )
     save_total_limit: int = Field(2, ge=1, le=100, description="Epoch checkpoints kept (the best is always kept).")
     logging_steps: int = Field(50, ge=1, description="Log the training loss every N optimiser steps.")
     reuse_cached_model: bool = Field(
@@ -216,6 +265,15 @@ class TrainSettings(_Section):
             raise ValueError("train.rdzv_endpoint (host:port of node 0) is required when train.nnodes > 1")
         return self
 
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        if args:
+            from tasks.trainer_args import check_trainer_args
+
+            check_trainer_args(args)
+        return args
+
 
 class EvaluationSettings(_Section):
     """How word tags are read from the model's scores, for model selection, evaluation and prediction."""
@@ -229,9 +287,14 @@ class EvaluationSettings(_Section):
 
 
 class TrackingSettings(_Section):
-    """Experiment tracking. The W&B key comes from a Prefect Secret block or WANDB_API_KEY, never from here."""
+    """Experiment tracking. Keys and passwords come from Prefect Secret blocks or the environment, never from here."""
 
-    backend: Tracking = Field("none", description="'wandb' logs the run to Weights & Biases; 'none' does not.")
+    backends: list[Tracker] = Field(
+        default_factory=list,
+        description="Where to log the run, several at once allowed: 'wandb' (Weights & Biases), 'mlflow' (an "
+        "MLflow tracking server: settings as params, per-epoch and test metrics, card and pictures as "
+        "artifacts, a published model as a registered version), 'tensorboard' (event files in the run folder).",
+    )
     wandb_project: str = Field("nerflow", min_length=1, description="W&B project name.")
     wandb_entity: str | None = Field(None, description="W&B entity (user or team). None: the key's default.")
     wandb_api_key_block: str = Field(
@@ -239,6 +302,41 @@ class TrackingSettings(_Section):
         min_length=1,
         description="Name of the Prefect Secret block holding the W&B API key. Without a block or "
         "WANDB_API_KEY, W&B runs in offline mode.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking server URI (http://host:5000). None: MLFLOW_TRACKING_URI from the environment."
+    )
+    mlflow_experiment: str = Field("nerflow", min_length=1, description="MLflow experiment the runs are logged to.")
+    mlflow_credentials_block: str = Field(
+        "mlflow-credentials",
+        min_length=1,
+        description="Prefect Secret block with the MLflow server's credentials: a token, or user:password. "
+        "Without it, MLFLOW_TRACKING_TOKEN / MLFLOW_TRACKING_USERNAME and _PASSWORD from the environment.",
+    )
+    mlflow_registered_model: str | None = Field(
+        None, description="Registered model a published run becomes a version of. None: the card's model name."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_backend(cls, data: Any) -> Any:
+        # settings.json of runs made before several backends were possible still load.
+        if isinstance(data, dict) and "backend" in data:
+            data = dict(data)
+            backend = data.pop("backend")
+            data.setdefault("backends", [] if backend == "none" else [backend])
+        return data
+
+
+class AlertSettings(_Section):
+    """Who hears about a run that failed or crashed (scheduled retraining runs unattended)."""
+
+    notification_block: str | None = Field(
+        "custom-webhook/nerflow-alerts",
+        description="Prefect notification block, as type/name (a custom webhook, slack-webhook/..., "
+        "microsoft-teams-webhook/..., email/...): it gets the run name, the failed task, the first line of "
+        "the error and a link to the run. `nerflow alerts create --webhook URL` makes the default one. "
+        "None, or no such block: no alerts.",
     )
 
 
@@ -310,6 +408,7 @@ class RunSettings(_Section):
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training hyperparameters.")
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Scoring and decoding.")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Experiment tracking.")
+    alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alerts for failed runs.")
     card: CardSettings = Field(default_factory=CardSettings, description="Model card.")
     publish: PublishSettings = Field(default_factory=PublishSettings, description="Publishing and quality gate.")
     output_dir: str = Field(
@@ -343,7 +442,7 @@ class RunSettings(_Section):
         return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / ".cache"
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """A run description that cannot be used; the message names the field."""
 
 
@@ -403,6 +502,29 @@ def load_settings(config: str | Path | None = None, overrides: list[str] | None 
         return RunSettings.model_validate(data)
     except ValidationError as e:
         raise SettingsError(describe_validation_error(e, origin)) from e
+
+
+def settings_reference() -> str:
+    """Every setting as Markdown tables, one per section: name, default, description (docs/settings.md)."""
+
+    def default(field) -> str:
+        value = field.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):
+            return ""
+        return "`" + (yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...") if value is not None else "null") + "`"
+
+    lines = ["# Run settings", "", "Generated by `nerflow settings --markdown` from `tasks/settings.py`.", ""]
+    top = [(name, f) for name, f in RunSettings.model_fields.items() if not isinstance(f.get_default(call_default_factory=True), BaseModel)]
+    for name, field in RunSettings.model_fields.items():
+        section = field.get_default(call_default_factory=True)
+        if not isinstance(section, BaseModel):
+            continue
+        lines += [f"## `{name}`: {type(section).__doc__}", "", "| setting | default | what it does |", "|---|---|---|"]
+        lines += [f"| `{name}.{key}` | {default(f)} | {f.description} |" for key, f in type(section).model_fields.items()]
+        lines.append("")
+    lines += ["## Top level", "", "| setting | default | what it does |", "|---|---|---|"]
+    lines += [f"| `{name}` | {default(f)} | {f.description} |" for name, f in top]
+    return "\n".join(lines) + "\n"
 
 
 def settings_to_yaml(settings: RunSettings) -> str:

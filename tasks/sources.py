@@ -14,15 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import DatasetValidationError
+from tasks.errors import MAX_LISTED_PROBLEMS, DatasetValidationError
 from tasks.refs import SPLIT_ROLES
-from tasks.s3 import parse_s3_uri
-from tasks.settings import DatasetSettings
-from tasks.storage import atomic_dir, hash_file
+from tasks import s3
+from tasks.settings import IOB_LABEL, DatasetSettings
+from tasks.storage import atomic_dir, hash_file, is_sealed
 
 log = logging.getLogger(__name__)
 
-_EXTENSIONS = {"jsonl": (".jsonl",), "json": (".json",), "parquet": (".parquet",), "conll": (".conll", ".txt", ".iob")}
+_EXTENSIONS = {
+    "jsonl": (".jsonl",),
+    "json": (".json",),
+    "parquet": (".parquet",),
+    "conll": (".conll", ".txt", ".iob"),
+    "csv": (".csv",),
+    "tsv": (".tsv",),
+}
 _SPLIT_ALIASES = {"validation": ("dev", "valid", "val")}
 
 
@@ -41,25 +48,45 @@ class RawSplit:
         return f"{self.origin}, split {self.name!r}, row {i}{line}"
 
 
+def read_text(path: Path) -> str:
+    """A file's text: UTF-8 with or without a byte-order mark (which some editors write); a file that
+    is not UTF-8 fails naming the line and column of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise DatasetValidationError(
+            [f"{path}, line {line}, column {column}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8"]
+        ) from None
+
+
+def read_lines(path: Path) -> list[str]:
+    # Only \n ends a line: str.splitlines would also split inside a JSON string at U+2028 and friends.
+    return [line.removesuffix("\r") for line in read_text(path).split("\n")]
+
+
+def parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetValidationError([f"{where}: not valid JSON ({e.msg} at column {e.colno})"]) from None
+    except RecursionError:
+        raise DatasetValidationError([f"{where}: JSON nested too deeply"]) from None
+
+
 def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
     rows, lines = [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DatasetValidationError([f"{path}, line {lineno}: not valid JSON ({e.msg})"]) from e
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if line.strip():
+            rows.append(parse_json(line, f"{path}, line {lineno}"))
             lines.append(lineno)
     return rows, lines
 
 
 def _read_json(path: Path) -> tuple[list[Any], None]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DatasetValidationError([f"{path}: not valid JSON ({e.msg} at line {e.lineno})"]) from e
+    data = parse_json(read_text(path), str(path))
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
     if not isinstance(data, list):
@@ -68,35 +95,73 @@ def _read_json(path: Path) -> tuple[list[Any], None]:
 
 
 def _read_parquet(path: Path) -> tuple[list[Any], None]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist(), None
+    try:
+        return pq.read_table(path).to_pylist(), None
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetValidationError([f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e)[:200]})"]) from None
 
 
-def _read_conll(path: Path, tokens_column: str, tags_column: str) -> tuple[list[Any], list[int]]:
+def _cell_list(cell: str) -> Any:
+    """A CSV cell holding a list: JSON (["New", "York"], [5, 6]) or space-separated words or tags
+    (integers become tag ids). Anything else is passed on for validation to name."""
+    text = cell.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            return cell  # not a list: validation says so, naming the row and field
+    return [int(v) if v.lstrip("-").isdigit() else v for v in text.split()]
+
+
+def _read_delimited(path: Path, delimiter: str, tokens_column: str, tags_column: str) -> tuple[list[Any], list[int]]:
+    """CSV or TSV with a header row; the tokens and tags columns hold lists (see _cell_list)."""
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, strict=True)
+    rows, lines = [], []
+    try:
+        header = reader.fieldnames or []
+        missing = [c for c in (tokens_column, tags_column) if c not in header]
+        if missing:
+            raise DatasetValidationError([f"{path}, line 1: no column {c!r} in the header {header}" for c in missing])
+        for row in reader:
+            if None in row or None in row.values():
+                raise DatasetValidationError([f"{path}, line {reader.line_num}: {len(header)} columns in the header, not in this row"])
+            rows.append({tokens_column: _cell_list(row[tokens_column]), tags_column: _cell_list(row[tags_column])})
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        kind = "CSV" if delimiter == "," else "TSV"
+        raise DatasetValidationError([f"{path}, line {reader.line_num}: not valid {kind} ({e})"]) from None
+    return rows, lines
+
+
+def read_conll(path: Path, tokens_column: str, tags_column: str) -> tuple[list[Any], list[int]]:
     """CoNLL: one word per line, its tag in the last column, sentences separated by blank lines."""
     rows: list[Any] = []
     lines: list[int] = []
     tokens: list[str] = []
     tags: list[str] = []
     start = 1
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split()
-            if not parts or parts[0] == "-DOCSTART-":
-                if tokens:
-                    rows.append({tokens_column: tokens, tags_column: tags})
-                    lines.append(start)
-                tokens, tags = [], []
-                continue
-            if len(parts) < 2:
-                raise DatasetValidationError(
-                    [f"{path}, line {lineno}, field {tags_column!r}: expected 'WORD ... TAG', got {line.strip()!r}"]
-                )
-            if not tokens:
-                start = lineno
-            tokens.append(parts[0])
-            tags.append(parts[-1])
+    for lineno, line in enumerate(read_lines(path), start=1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if tokens:
+                rows.append({tokens_column: tokens, tags_column: tags})
+                lines.append(start)
+            tokens, tags = [], []
+            continue
+        if len(parts) < 2:
+            raise DatasetValidationError(
+                [f"{path}, line {lineno}, field {tags_column!r}: expected 'WORD ... TAG', got {line.strip()[:80]!r}"]
+            )
+        if not tokens:
+            start = lineno
+        tokens.append(parts[0])
+        tags.append(parts[-1])
     if tokens:
         rows.append({tokens_column: tokens, tags_column: tags})
         lines.append(start)
@@ -135,18 +200,38 @@ def read_local_splits(folder: Path, cfg: DatasetSettings, origin_prefix: str | N
             rows, lines = _read_json(path)
         elif fmt == "parquet":
             rows, lines = _read_parquet(path)
+        elif fmt in ("csv", "tsv"):
+            rows, lines = _read_delimited(path, "," if fmt == "csv" else "\t", cfg.tokens_column, cfg.tags_column)
         else:
-            rows, lines = _read_conll(path, cfg.tokens_column, cfg.tags_column)
+            rows, lines = read_conll(path, cfg.tokens_column, cfg.tags_column)
         origin = f"{origin_prefix}/{path.name}" if origin_prefix else str(path)
         splits[role] = RawSplit(name=split, origin=origin, rows=rows, line_numbers=lines)
     return splits
 
 
 def read_labels_file(folder: Path) -> list[str] | None:
+    """Tag names in id order from folder/labels.txt, one per line (None without the file). A blank line
+    between names would shift every id after it, so it is an error, like a repeated or non-IOB2 name."""
     path = folder / "labels.txt"
     if not path.is_file():
         return None
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_lines(path)]
+    while lines and not lines[-1]:
+        lines.pop()
+    problems, seen = [], {}
+    for lineno, name in enumerate(lines, start=1):
+        if not name:
+            problems.append(f"{path}, line {lineno}: empty label name (ids follow the lines: remove the blank line)")
+        elif not IOB_LABEL.match(name):
+            problems.append(f"{path}, line {lineno}: {name[:40]!r} is not an IOB2 tag (O, B-TYPE, I-TYPE)")
+        elif name in seen:
+            problems.append(f"{path}, line {lineno}: label {name!r} repeats line {seen[name]}")
+        seen.setdefault(name, lineno)
+    if not problems and "O" not in seen:
+        problems.append(f"{path}: no 'O' label" if seen else f"{path}: no labels")
+    if problems:
+        raise DatasetValidationError(problems[:MAX_LISTED_PROBLEMS], len(problems))
+    return lines
 
 
 def read_hub_splits(cfg: DatasetSettings) -> tuple[dict[str, RawSplit], str]:
@@ -196,17 +281,17 @@ def list_s3_prefix(uri: str) -> tuple[Any, str, list[tuple[str, str, str]], str]
 
     The revision is a hash of the keys and ETags: it changes exactly when an object changes.
     """
-    import boto3
-
     try:
-        bucket, prefix = parse_s3_uri(uri)
+        bucket, prefix = s3.parse_s3_uri(uri)
     except ValueError as e:
         raise DatasetValidationError([str(e)]) from None
-    client = boto3.client("s3")  # endpoint from AWS_ENDPOINT_URL, credentials from the AWS chain
+    client = s3.client()  # endpoint from AWS_ENDPOINT_URL, credentials from the AWS chain
     objects = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix) + 1 :] if prefix else obj["Key"]
+            if rel in (".", ".."):
+                raise DatasetValidationError([f"s3://{bucket}/{obj['Key']}: an object named {rel!r} would be saved outside the cache"])
             if rel and "/" not in rel:
                 objects.append((obj["Key"], rel, obj["ETag"]))
     if not objects:
@@ -218,8 +303,8 @@ def list_s3_prefix(uri: str) -> tuple[Any, str, list[tuple[str, str, str]], str]
 def download_s3_prefix(uri: str, dest_root: Path) -> tuple[Path, str]:
     """Download the files under s3://bucket/prefix once per revision; returns (folder, revision)."""
     client, bucket, objects, revision = list_s3_prefix(uri)
-    dest = dest_root / "s3" / bucket / (parse_s3_uri(uri)[1] or "_") / revision.split(":")[-1]
-    if not dest.exists():
+    dest = dest_root / "s3" / bucket / (s3.parse_s3_uri(uri)[1] or "_") / revision.split(":")[-1]
+    if not is_sealed(dest):
         with atomic_dir(dest) as tmp:
             for key, rel, _ in objects:
                 client.download_file(bucket, key, str(tmp / rel))
@@ -255,8 +340,16 @@ def read_source(cfg: DatasetSettings, cache_dir: Path) -> tuple[dict[str, RawSpl
     if cfg.source.startswith("s3://"):
         folder, revision = download_s3_prefix(cfg.source, cache_dir)
         return read_local_splits(folder, cfg, origin_prefix=cfg.source.rstrip("/")), folder, revision
-    local = Path(cfg.source).expanduser()
-    if cfg.format != "hub" and (local.exists() or cfg.format != "auto" or cfg.source.startswith((".", "/", "~"))):
+    if is_local_source(cfg):
+        local = Path(cfg.source).expanduser()
         return read_local_splits(local, cfg), local, None
     splits, revision = read_hub_splits(cfg)
     return splits, None, revision
+
+
+def is_local_source(cfg: DatasetSettings) -> bool:
+    """A folder on this machine (not s3://, not a Hub id): it exists, looks like a path, or a file
+    format was named."""
+    if cfg.source.startswith("s3://") or cfg.format == "hub":
+        return False
+    return Path(cfg.source).expanduser().exists() or cfg.format != "auto" or cfg.source.startswith((".", "/", "~"))

@@ -1,4 +1,5 @@
-"""Crash-safe writes: a file or folder appears under its final name only when it is complete."""
+"""Crash-safe writes: a file or folder appears under its final name only when it is complete, and its
+bytes are on disk (fsynced) before it does; sealed folders say what they hold so a reader can check."""
 
 from __future__ import annotations
 
@@ -48,9 +49,44 @@ def atomic_write_json(path: Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+def fsync_tree(folder: Path) -> None:
+    """Flush every file below folder, and the folders themselves, to disk (a rename is durable only
+    once what it points to is)."""
+    for path in sorted(Path(folder).rglob("*"), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+    for path in [*(p for p in Path(folder).rglob("*") if p.is_dir()), Path(folder)]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+SEAL = ".nerflow-complete.json"
+
+
+def seal(folder: Path) -> Path:
+    """Mark a finished folder complete: fsync its files, then write (last) a list of them with sizes."""
+    folder = Path(folder)
+    fsync_tree(folder)
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL}
+    return atomic_write_json(folder / SEAL, {"files": files})
+
+
+def is_sealed(folder: Path) -> bool:
+    """The folder was sealed and still holds every file it was sealed with, at the same size."""
+    try:
+        files = json.loads((Path(folder) / SEAL).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all((Path(folder) / name).is_file() and (Path(folder) / name).stat().st_size == size for name, size in files.items())
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder; rename it to `final` when the block succeeds.
+    """Yield a temporary sibling folder; seal it and rename it to `final` when the block succeeds.
 
     With replace=True an existing `final` is swapped out (moved aside, then deleted) so readers see
     either the old complete folder or the new complete folder, never a mixture.
@@ -61,8 +97,9 @@ def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        seal(tmp)
         if final.exists():
-            if not replace:
+            if not replace and is_sealed(final):
                 # Someone else finished the same work first; theirs is complete, keep it.
                 shutil.rmtree(tmp)
                 return
@@ -72,6 +109,41 @@ def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        fsync_tree_parent(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_tree_parent(path: Path) -> None:
+    """Make a rename into path's folder durable."""
+    fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, holder: str) -> Iterator[None]:
+    """Hold an exclusive lock on folder/.lock while the block runs; a second holder is refused at once
+    with who holds it. The operating system releases the lock when its process ends, however it ends."""
+    import fcntl
+    import socket
+    import time
+
+    from tasks.errors import FolderBusy
+
+    path = Path(folder) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
+            raise FolderBusy(f"{folder} is in use by {owner}: wait for it to finish, or choose another run_name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})".encode())
+        yield
+    finally:
+        os.close(fd)

@@ -23,8 +23,8 @@ from tasks.alignment import align_labels, b_to_i_map
 from tasks.checkpoints import load_tokenizer, tokenizer_fingerprint
 from tasks.refs import SPLIT_ROLES, DatasetRef, TokenizedRef
 from tasks.settings import AlignmentStrategy, ModelSettings, TokenizeSettings
-from tasks.retry import network_retry_condition
-from tasks.storage import atomic_dir, atomic_write_json
+from tasks.retry import TASK_RETRIES, network_retry_condition
+from tasks.storage import atomic_dir, atomic_write_json, is_sealed
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def tokenize_dataset(
     tok_fp = tokenizer_fingerprint(pretrained)  # a local folder's files: no tokenizer load to find the cache
     key = tokenization_key(dataset.fingerprint, tok_fp, settings)
     path = Path(cache_dir) / "tokenized" / key
-    if not (path / "ref.json").is_file():
+    if not is_sealed(path):
         _build(dataset, pretrained, settings, load_tokenizer(pretrained), tok_fp, key, path)
     else:
         log.info("tokenized dataset %s already on disk, reusing it", key)
@@ -181,7 +181,7 @@ def _build(dataset, pretrained, settings, tokenizer, tok_fp, key, path: Path) ->
 
 
 def tokenized_exists(ref: TokenizedRef) -> bool:
-    return (Path(ref.path) / "ref.json").is_file()
+    return is_sealed(Path(ref.path))
 
 
 def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
@@ -195,10 +195,9 @@ def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     name="tokenize",
     cache_policy=CacheKeyFnPolicy(cache_key_fn=_cache_key),
     persist_result=True,
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_jitter_factor=0.5,
+    result_serializer="json",  # references are pydantic models: no pickle a shared result store could turn into code
     retry_condition_fn=network_retry_condition,  # the tokenizer may come from the Hub
+    **TASK_RETRIES,
 )
 def tokenize_task(dataset: DatasetRef, pretrained: ModelSettings, settings: TokenizeSettings, cache_dir: str) -> TokenizedRef:
     ref = tokenize_dataset(dataset, pretrained, settings, Path(cache_dir))

@@ -21,17 +21,18 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.artifacts import create_progress_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from tasks.settings import TrackingSettings
 from tasks.batching import pad_multiple, resolve_batching
 from tasks.caching import fingerprint
 from tasks.distributed import RESULT_FILE, launch_distributed, world_size
 from tasks.inference import choose_device
 from tasks.logs import run_logger
 from tasks.refs import ModelRef, TrainJob
-from tasks.retry import unless_bad_input
-from tasks.secrets import resolve_secret
-from tasks.storage import atomic_dir, atomic_write_json
-from tasks.checkpoints import load_tokenizer, resolve_checkpoint
+from tasks.retry import unless_deterministic
+from tasks.secrets import scoped_environ
+from tasks.settings import ModelSettings
+from tasks.storage import atomic_dir, atomic_write_json, is_sealed
+from tasks.trackers import tracking_environment
+from tasks.checkpoints import head_labels, head_rows, load_network, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,10 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    from tasks.trainer import last_complete_checkpoint
 
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    found = last_complete_checkpoint(checkpoint_dir)
+    return str(found) if found else None
 
 
 def epoch_table(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -68,26 +70,6 @@ def epoch_table(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def configure_wandb(tracking: TrackingSettings, run_dir: Path, run_name: str) -> bool:
-    """Set up W&B through its environment variables; offline mode when no key is configured."""
-    if tracking.backend != "wandb":
-        return False
-    os.environ["WANDB_PROJECT"] = tracking.wandb_project
-    if tracking.wandb_entity:
-        os.environ["WANDB_ENTITY"] = tracking.wandb_entity
-    os.environ["WANDB_DIR"] = str(run_dir)
-    os.environ["WANDB_NAME"] = run_name
-    os.environ.setdefault("WANDB_SILENT", "true")
-    key = resolve_secret(tracking.wandb_api_key_block, "WANDB_API_KEY")
-    if key:
-        os.environ["WANDB_API_KEY"] = key
-        os.environ.setdefault("WANDB_MODE", "online")
-    else:
-        _logger().info("no W&B key in Secret block %r or WANDB_API_KEY: W&B runs offline", tracking.wandb_api_key_block)
-        os.environ["WANDB_MODE"] = "offline"
-    return True
-
-
 def finish_wandb() -> None:
     try:
         import wandb
@@ -104,9 +86,42 @@ def training_device(precision: str) -> tuple[str, bool, bool]:
     return device, bf16, fp16
 
 
-def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool, use_wandb: bool, progress=None):
+def pretrained_network(pretrained: ModelSettings, labels: list[str]):
+    """The checkpoint with a head for these labels: a checkpoint without a token-classification head gets
+    a new one; one with a head keeps the rows of the labels they share (tasks.checkpoints.head_rows)."""
+    options = {"revision": pretrained.revision, "trust_remote_code": pretrained.trust_remote_code}
+    old = head_labels(pretrained)
+    rows = head_rows(labels, old, pretrained)
+    if old is None:
+        return load_network(pretrained.checkpoint, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}, **options)
+    network = load_network(pretrained.checkpoint, **options)
+    replace_head(network, labels, rows)
+    kept = [labels[i] for i in sorted(rows)]
+    _logger().info("head of %s: rows kept for %s; new rows for %s", pretrained.checkpoint, kept or "no label", [n for n in labels if n not in kept] or "no label")
+    return network
+
+
+def replace_head(network, labels: list[str], rows: dict[int, int]) -> None:
+    """A new classifier for `labels`, initialised as transformers does, whose rows listed in `rows`
+    (new label id -> old row) start from the old classifier's."""
+    import torch
+
+    old = network.classifier
+    new = torch.nn.Linear(old.in_features, len(labels)).to(old.weight.device, old.weight.dtype)
+    with torch.no_grad():
+        new.weight.normal_(0.0, getattr(network.config, "initializer_range", 0.02))
+        new.bias.zero_()
+        for i, row in rows.items():
+            new.weight[i] = old.weight[row]
+            new.bias[i] = old.bias[row]
+    network.classifier = new
+    network.num_labels = network.config.num_labels = len(labels)
+    network.config.id2label, network.config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
+
+
+def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool, report_to: list[str], progress=None):
     """The Trainer for this job: pretrained weights with a fresh head for the dataset's labels."""
-    from transformers import AutoModelForTokenClassification, PrinterCallback
+    from transformers import PrinterCallback
 
     from tasks.batching import PadCollator
     from tasks.trainer import NerTrainer, ProgressCallback, build_callbacks, training_arguments
@@ -114,18 +129,12 @@ def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_mo
     labels = job.tokenized.label_names
     data = job.tokenized.load()
     tokenizer = load_tokenizer(job.pretrained)
-    network = AutoModelForTokenClassification.from_pretrained(
-        resolve_checkpoint(job.pretrained.checkpoint),
-        revision=job.pretrained.revision,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)},
-    )
+    network = pretrained_network(job.pretrained, labels)
     network.config.nerflow_decoding = job.decoding  # nerflow predict reads it from config.json
     batching = resolve_batching(job.hparams.batching, device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by torchrun
     args = training_arguments(
-        job.hparams, job.checkpoint_dir, job.run_name, device, bf16, fp16, compile_model, distributed, ["wandb"] if use_wandb else None
+        job.hparams, job.checkpoint_dir, job.run_name, device, bf16, fp16, compile_model, distributed, report_to
     )
     trainer = NerTrainer(
         model=network,
@@ -134,7 +143,7 @@ def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_mo
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         data_collator=PadCollator(tokenizer.pad_token_id, pad_multiple(batching, device), job.tokenized.max_length),
-        callbacks=build_callbacks(_logger) + ([ProgressCallback(progress)] if progress else []),
+        callbacks=build_callbacks(_logger, job.hparams) + ([ProgressCallback(progress)] if progress else []),
         batching=batching,
         decoding=job.decoding,
         label_names=labels,
@@ -144,7 +153,7 @@ def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_mo
     return trainer
 
 
-def fit(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool, use_wandb: bool, progress=None):
+def fit(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool, report_to: list[str], progress=None):
     """Train (resuming from the last checkpoint); if torch.compile fails, warn once and go on eagerly.
 
     Returns (trainer, train output, checkpoint resumed from, whether the model ran compiled)."""
@@ -155,7 +164,7 @@ def fit(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool,
 
         torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly
     while True:
-        trainer = build_trainer(job, device, bf16, fp16, compile_model, use_wandb, progress)
+        trainer = build_trainer(job, device, bf16, fp16, compile_model, report_to, progress)
         resume = last_checkpoint(job.checkpoint_dir)
         if resume:
             _logger().info("resuming training from %s", resume)
@@ -166,6 +175,19 @@ def fit(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool,
                 raise
             _logger().warning("torch.compile failed (%s: %s); training without compilation", type(exc).__name__, str(exc)[:200])
             compile_model = False
+
+
+def report_end(trainer, runtime: float, compile_s: float | None, progress) -> None:
+    """How training ended, in the log and the progress artifact: compile time apart, early stopping."""
+    from tasks.trainer import early_stop_reason
+
+    notes = [f"{runtime - (compile_s or 0):.1f} s training"] + ([f"{compile_s:.1f} s compiling (torch.compile)"] if compile_s is not None else [])
+    if compile_s is not None:
+        _logger().info("training took %.1f s, of which %.1f s compiling (torch.compile)", runtime, compile_s)
+    if stopped := early_stop_reason(trainer):
+        notes.append(stopped)
+    if progress is not None:
+        progress.report(round(100 * trainer.state.global_step / max(trainer.state.max_steps, 1), 1), "Training done: " + "; ".join(notes))
 
 
 def save_best_model(trainer, run_dir: Path) -> Path:
@@ -186,33 +208,41 @@ def train_model(job: TrainJob) -> ModelRef | None:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    from tasks.trainer import BackgroundProgress, compile_seconds
+    from tasks.trainer import BackgroundProgress, compile_seconds, early_stop_reason
 
     hf_logging.disable_progress_bar()
     device, bf16, fp16 = training_device(job.hparams.precision)
     compile_model = job.hparams.compile == "on" or (job.hparams.compile == "auto" and device == "cuda")
     set_seed(job.hparams.seed)
-    use_wandb = configure_wandb(job.tracking, Path(job.run_dir), job.run_name)
+    # Keys and addresses for the Trainer's live loggers, set for the training call only.
+    tracking_env = tracking_environment(job.tracking, Path(job.run_dir), job.run_name, job.mlflow_run_id)
+    report_to = [b for b in job.tracking.backends if b != "mlflow" or job.mlflow_run_id]
     progress = BackgroundProgress(job.progress_artifact_id) if job.progress_artifact_id else None
     # Reading compile counters imports torch._dynamo: only worth it when something is compiled.
     compile_before, started = compile_seconds() if compile_model else 0.0, time.perf_counter()
     try:
-        trainer, result, resume, compiled = fit(job, device, bf16, fp16, compile_model, use_wandb, progress)
+        with scoped_environ(tracking_env):
+            try:
+                trainer, result, resume, compiled = fit(job, device, bf16, fp16, compile_model, report_to, progress)
+            finally:
+                if "wandb" in report_to:
+                    finish_wandb()
         runtime = time.perf_counter() - started
         compile_s = compile_seconds() - compile_before if compile_model else 0.0
-        if compiled and trainer.is_world_process_zero():
-            _logger().info("training took %.1f s, of which %.1f s compiling (torch.compile)", runtime, compile_s)
-            if progress is not None:
-                progress.report(100.0, f"Training done: {runtime - compile_s:.1f} s training + {compile_s:.1f} s compiling")
+        if trainer.is_world_process_zero():
+            report_end(trainer, runtime, compile_s if compiled else None, progress)
     finally:
         if progress is not None:
             progress.close()
-        if use_wandb:
-            finish_wandb()
     if not trainer.is_world_process_zero():
         return None  # under DDP, rank 0 alone writes the model folder and the log
     model_dir = save_best_model(trainer, Path(job.run_dir))
+    stopped = early_stop_reason(trainer)
     epochs = epoch_table(trainer.state.log_history)
+    if stopped and epochs:
+        for row in epochs:
+            row["note"] = ""
+        epochs[-1]["note"] = stopped
     best = trainer.state.best_model_checkpoint
     return ModelRef(
         path=str(model_dir),
@@ -230,11 +260,13 @@ def train_model(job: TrainJob) -> ModelRef | None:
         train_runtime_s=round(runtime, 2),
         train_samples_per_second=result.metrics.get("train_samples_per_second"),
         epochs=epochs,
+        stopped_early=stopped,
     )
 
 
 def model_exists(ref: ModelRef | None) -> bool:
-    return ref is None or (Path(ref.path) / "config.json").is_file()
+    """A cached model is usable only if its folder is still complete (sealed, every file its size)."""
+    return ref is None or is_sealed(Path(ref.path))
 
 
 def _train_cache_key(context, inputs: dict[str, Any]) -> str:
@@ -242,9 +274,10 @@ def _train_cache_key(context, inputs: dict[str, Any]) -> str:
     # model. The run name is not part of it, so a re-run reuses the earlier run's model.
     job: TrainJob = inputs["job"]
     return "train-" + fingerprint(
-        "nerflow-train-v2",
+        "nerflow-train-v3",
         job.tokenized.cache_key,
         job.pretrained,
+        job.weights,
         job.hparams.model_dump(mode="json", exclude={"reuse_cached_model"}),
         job.tracking,
         job.decoding,
@@ -256,9 +289,10 @@ def _train_cache_key(context, inputs: dict[str, Any]) -> str:
     name="train",
     cache_policy=CacheKeyFnPolicy(cache_key_fn=_train_cache_key),
     persist_result=True,
+    result_serializer="json",  # references are pydantic models: no pickle a shared result store could turn into code
     retries=1,
     retry_delay_seconds=10,
-    retry_condition_fn=unless_bad_input,
+    retry_condition_fn=unless_deterministic,
 )
 def train_task(job: TrainJob) -> ModelRef | None:
     """Train on the GPU when there is one (several processes: torchrun); a retry resumes from the last

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -16,14 +17,35 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from tasks.settings import TrainSettings
 from tasks.batching import train_sampler
 from tasks.inference import predict_tokenized
 from tasks.metrics import seqeval_scores, word_level_sequences
+from tasks.storage import is_sealed, seal
 
 log = logging.getLogger(__name__)
 VALIDATION_METRICS = ("precision", "recall", "f1", "accuracy")
+SAVE_RETRY_DELAY_S = 5.0
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest sealed checkpoint; incomplete ones (a save cut short by a kill, a power loss or a full
+    disk) are newer than it and are removed, so the Trainer never tries to resume from them."""
+    if not Path(checkpoint_dir).is_dir():
+        return None
+    found = sorted(
+        (p for p in Path(checkpoint_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for folder in found:
+        if is_sealed(folder):
+            return folder
+        log.warning("removing incomplete checkpoint %s", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 class NerTrainer(Trainer):
@@ -41,21 +63,45 @@ class NerTrainer(Trainer):
         sampler = train_sampler(self.batching, lengths, self.args.per_device_train_batch_size, seed)
         return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save, retrying once if the save fails (a full disk, a flaky network filesystem); seal the
+        checkpoint (fsynced, its files listed) before the Trainer's rotation may delete older ones, so
+        a kill at any moment leaves at least one sealed checkpoint to resume from."""
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            for attempt in (1, 2):
+                try:
+                    super()._save_checkpoint(model, trial)
+                    break
+                except OSError as exc:
+                    if attempt == 2:
+                        raise
+                    log.warning("saving %s failed (%s); removing it and trying once more", folder.name, exc)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    time.sleep(SAVE_RETRY_DELAY_S)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's RNG state is in the folder
+        if self.args.should_save:
+            seal(folder)
+            rotate_checkpoints(folder.parent, limit, self.state.best_model_checkpoint, use_mtime=True)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         split = eval_dataset if eval_dataset is not None else self.eval_dataset
-        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        was_training = model.training
-        model.eval()
+        network = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        was_training = network.training
+        network.eval()
         started = time.perf_counter()
         predictions = predict_tokenized(
-            model,
+            network,
             split,
             self.args.per_device_eval_batch_size,
             self.label_names,
             pad_multiple=self.pad_multiple,
             autocast_dtype=torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None,
         )
-        model.train(was_training)
+        network.train(was_training)
         scores = seqeval_scores(*word_level_sequences(predictions.word_scores, list(split["word_labels"]), self.label_names, self.decoding))
         metrics = {f"{metric_key_prefix}_{k}": scores[k] for k in VALIDATION_METRICS}
         if predictions.loss is not None:
@@ -155,9 +201,37 @@ class ProgressCallback(TrainerCallback):
             self.progress.report(round(100 * state.global_step / state.max_steps, 1))
 
 
-def build_callbacks(logger: Callable[[], logging.Logger | logging.LoggerAdapter]) -> list[TrainerCallback]:
+class EarlyStopReport(TrainerCallback):
+    """Records when and why early stopping ended training, for the log, the epoch table and the card."""
+
+    def __init__(self, patience: int, threshold: float, logger: Callable[[], logging.Logger | logging.LoggerAdapter]) -> None:
+        self.patience, self.threshold, self.logger, self.reason = patience, threshold, logger, None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.epoch is not None and state.epoch < args.num_train_epochs - 1e-6:
+            self.reason = (
+                f"stopped after epoch {state.epoch:.0f} of {args.num_train_epochs:.0f}: validation F1 did not improve by "
+                f"more than {self.threshold} for {self.patience} epoch(s) in a row (best {state.best_metric:.4f})"
+            )
+            if state.is_world_process_zero:
+                self.logger().info(self.reason)
+
+
+def build_callbacks(logger: Callable[[], logging.Logger | logging.LoggerAdapter], hparams: TrainSettings | None = None) -> list[TrainerCallback]:
     """Trainer callbacks of a run (tests add a fault-injecting one here)."""
-    return [EpochLogCallback(logger)]
+    callbacks: list[TrainerCallback] = [EpochLogCallback(logger)]
+    if hparams is not None and hparams.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks += [
+            EarlyStoppingCallback(hparams.early_stopping_patience, hparams.early_stopping_threshold),
+            EarlyStopReport(hparams.early_stopping_patience, hparams.early_stopping_threshold, logger),
+        ]
+    return callbacks
+
+
+def early_stop_reason(trainer: Trainer) -> str | None:
+    return next((cb.reason for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStopReport)), None)
 
 
 def training_arguments(
@@ -195,7 +269,12 @@ def training_arguments(
         metric_for_best_model="f1",
         greater_is_better=True,
         save_total_limit=hparams.save_total_limit,
-        optim="adamw_torch_fused",
+        optim=hparams.optimizer,
+        lr_scheduler_type=hparams.lr_scheduler,
+        max_grad_norm=hparams.max_grad_norm,
+        activation_checkpointing=hparams.gradient_checkpointing,
+        label_smoothing_factor=hparams.label_smoothing,
+        auto_find_batch_size=hparams.auto_batch_size,
         bf16=bf16,
         fp16=fp16,
         torch_compile=compile_model,
@@ -207,6 +286,7 @@ def training_arguments(
         ddp_find_unused_parameters=False,
         report_to=report_to or "none",
         disable_tqdm=True,
+        **hparams.trainer_args,  # checked against TrainingArguments when the settings were read
     )
 
 

@@ -36,7 +36,7 @@ def resolve_label_names(cfg: DatasetSettings, splits: dict[str, RawSplit], folde
         if raw.features_label_names:
             return raw.features_label_names
     if folder is not None and (names := read_labels_file(folder)):
-        return DatasetSettings(label_names=names).label_names  # validates the IOB shape
+        return names  # checked by read_labels_file
     string_tags = {
         tag
         for raw in splits.values()

@@ -71,6 +71,45 @@ def build_tiny_bert(folder: Path, vocab_size: int = 600) -> Path:
     return folder
 
 
+def build_tiny_roberta(folder: Path) -> Path:
+    """A RoBERTa-style checkpoint: byte-level BPE trained on the sample (saved without add_prefix_space,
+    as many are), a randomly initialised 2-layer model."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(s) for s in sample_sentences()], vocab_size=700, min_frequency=2, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe._tokenizer.post_processor = processors.RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+    tok = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", add_prefix_space=False)
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+def build_tiny_sentencepiece(folder: Path, kind: str) -> Path:
+    """An XLM-R-style (kind "xlm-roberta") or DeBERTa-v2-style checkpoint: a SentencePiece Unigram
+    vocabulary trained on the sample, a randomly initialised 2-layer model."""
+    import torch
+    from tokenizers import SentencePieceUnigramTokenizer, processors
+    import transformers as T
+    sp = SentencePieceUnigramTokenizer()
+    sp.train_from_iterator([" ".join(s) for s in sample_sentences()], vocab_size=700, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>", show_progress=False)
+    cls_id, sep_id = sp.token_to_id("<s>"), sp.token_to_id("</s>")
+    sp._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", cls_id), ("</s>", sep_id)])
+    if kind == "xlm-roberta":
+        tok = T.XLMRobertaTokenizerFast(tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+        config = T.XLMRobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id)
+        model = T.XLMRobertaModel
+    else:
+        tok = T.DebertaV2TokenizerFast(tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+        config = T.DebertaV2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+        model = T.DebertaV2Model
+    torch.manual_seed(0)
+    model(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 PEOPLE = ["John", "David", "Peter", "Maria", "Anna", "George"]
 PLACES = ["London", "Paris", "Berlin", "Texas", "India", "Canada"]
 VERBS = ["lives", "works", "stays"]

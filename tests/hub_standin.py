@@ -1,8 +1,11 @@
 """A small local stand-in for the Hugging Face Hub API, enough for the real huggingface_hub client to
-create a repo, validate a card, preupload, commit, list commits and files, tag and download.
+create a repo, validate a card, preupload, commit (to main with a parent-commit check, or as a pull
+request), list commits, files and pull requests, tag, read repo info and download files (so a model
+repo can serve a tokenizer to transformers).
 
 It listens on 127.0.0.1 only, keeps repos in memory, checks a bearer token, and can be told to fail
-the next N requests to an endpoint with a status code (to test retries).
+the next N requests to an endpoint with a status code, or to drop the next N connections without an
+answer (to test retries).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 import yaml
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -40,6 +47,13 @@ class Repo:
     tags: dict[str, str] = field(default_factory=dict)
     pull_requests: list[Commit] = field(default_factory=list)
 
+    def discussions(self, repo_id: str) -> list[dict]:
+        return [
+            {"num": n, "title": pr.title, "status": "open", "isPullRequest": True, "author": {"name": "nerflow"},
+             "createdAt": pr.date, "repo": {"name": repo_id, "type": "model"}}
+            for n, pr in enumerate(self.pull_requests, start=1)
+        ]  # fmt: skip
+
     @property
     def files(self) -> dict[str, bytes]:
         return self.commits[-1].files if self.commits else {}
@@ -56,6 +70,7 @@ class HubStandIn:
         self.requests: list[tuple[str, str]] = []
         self.authorizations: list[str] = []
         self._failures: list[list] = []  # [method, path fragment, status, remaining]
+        self._drops = 0
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -76,6 +91,17 @@ class HubStandIn:
     def fail_next(self, method: str, fragment: str, status: int, times: int) -> None:
         with self._lock:
             self._failures.append([method, fragment, status, times])
+
+    def drop_next_connections(self, times: int) -> None:
+        """The next `times` requests get no answer: the connection is closed after the request line."""
+        with self._lock:
+            self._drops = times
+
+    def add_model_repo(self, repo_id: str, files: dict[str, bytes]) -> Repo:
+        """A repo with one commit holding files (a model checkpoint to download)."""
+        repo = self.repos[repo_id] = Repo(private=False)
+        repo.commits.append(Commit(oid=uuid.uuid4().hex + uuid.uuid4().hex[:8], title="init", message="", files=files, date=_now()))
+        return repo
 
     def commits(self, repo_id: str) -> list[Commit]:
         return self.repos[repo_id].commits
@@ -124,7 +150,18 @@ class HubStandIn:
                 hub.authorizations.append(auth)
                 return auth == f"Bearer {hub.token}"
 
+            def _dropped(self) -> bool:
+                with hub._lock:
+                    if hub._drops <= 0:
+                        return False
+                    hub._drops -= 1
+                self.close_connection = True
+                self.connection.close()
+                return True
+
             def _route(self):
+                if self._dropped():
+                    return
                 body = self._body() if self.command == "POST" else b""
                 hub.requests.append((self.command, self.path))
                 if self._injected_failure():
@@ -137,6 +174,8 @@ class HubStandIn:
                     return self._create(json.loads(body))
                 if path == "/api/validate-yaml":
                     return self._validate_yaml(json.loads(body))
+                if parts[:2] == ["api", "models"] and len(parts) == 4:
+                    parts.append("revision")  # model_info without a revision: the default branch
                 if parts[:2] == ["api", "models"] and len(parts) >= 5:
                     repo_id, action, rest = f"{parts[2]}/{parts[3]}", parts[4], parts[5:]
                     repo = hub.repos.get(repo_id)
@@ -198,6 +237,9 @@ class HubStandIn:
                     )
                 if action == "commit":
                     return self._commit(repo_id, repo, body)
+                if action == "discussions":
+                    found = repo.discussions(repo_id)
+                    return self._send(200, {"discussions": found, "count": len(found), "start": 0, "numClosedDiscussions": 0})
                 if action == "commits":
                     return self._send(
                         200,
@@ -227,6 +269,9 @@ class HubStandIn:
             def _commit(self, repo_id, repo: Repo, body: bytes):
                 lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
                 header = next(item["value"] for item in lines if item["key"] == "header")
+                parent = header.get("parentCommit")
+                if parent and parent != repo.sha and "create_pr=1" not in self.path:
+                    return self._error(412, f"A commit has happened since {parent}; the branch head is {repo.sha}")
                 files = dict(repo.files)
                 for item in lines:
                     if item["key"] == "file":
@@ -240,7 +285,7 @@ class HubStandIn:
                     title=header["summary"],
                     message=header.get("description", ""),
                     files=files,
-                    date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    date=_now(),
                 )
                 if "create_pr=1" in self.path or self.headers.get("X-Create-Pr"):
                     repo.pull_requests.append(commit)

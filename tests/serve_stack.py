@@ -30,6 +30,15 @@ def deployment_spec(root: Path, tiny_bert: Path) -> dict:
     return spec
 
 
+AUTH = "nerflow:e2e-" + os.urandom(6).hex()  # the API's user:password in the end-to-end stack
+
+
+def auth_header() -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
+
+
 def start_serve(root: Path, spec: dict, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """Write the spec, start `nerflow serve` and wait until it prints the UI address."""
     prefect_file = root / "prefect.yaml"

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from conftest import SAMPLE_DIR
-from serve_stack import deployment_spec, start_serve, stop_serve
+from serve_stack import AUTH, auth_header, deployment_spec, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow  # a real Prefect server, work pool, deployments and worker
 
@@ -33,12 +35,12 @@ def api(base: str, method: str, path: str, body=None, attempts: int = 5):
     return status, payload
 
 
-def _call(base: str, method: str, path: str, body=None):
+def _call(base: str, method: str, path: str, body=None, authenticated: bool = True):
     req = urllib.request.Request(
         f"{base}{path}",
         data=json.dumps(body).encode() if body is not None else None,
         method=method,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **(auth_header() if authenticated else {})},
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -54,15 +56,61 @@ def stack(tmp_path_factory, tiny_bert):
     spec = deployment_spec(root, tiny_bert)
     spec["deployments"][1]["parameters"]["dataset"] = {"source": str(watched)}
     proc, port = start_serve(
-        root, spec, {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+        root,
+        spec,
+        {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5", "PREFECT_SERVER_API_AUTH_STRING": AUTH},
     )
     base = f"http://127.0.0.1:{port}/api"
-    child_env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_HOME": str(root / "client-home")}
-    yield {"api": base, "root": root, "env": child_env, "watched": watched, "proc": proc}
+    child_env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_HOME": str(root / "client-home"), "PREFECT_API_AUTH_STRING": AUTH}
+    with AlertReceiver() as alerts:
+        created = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "alerts", "create", "--webhook", alerts.url],
+            env=child_env, capture_output=True, text=True, timeout=120,
+        )
+        assert created.returncode == 0 and "custom-webhook/nerflow-alerts" in created.stdout, created.stderr
+        yield {"api": base, "root": root, "env": child_env, "watched": watched, "proc": proc, "tiny_bert": tiny_bert, "alerts": alerts}
 
     assert stop_serve(proc) == 0
     worker_log = (root / "work" / "worker.log").read_text()
     assert "Worker" in worker_log
+
+
+class AlertReceiver:
+    """A local HTTP endpoint that keeps every JSON body POSTed to it (the alert webhook)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+    def about(self, run_name: str) -> list[dict]:
+        return [a for a in self.received if f"run: {run_name}\n" in a.get("body", "")]
+
+    def __enter__(self):
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def deployment_id(stack) -> str:
@@ -80,10 +128,19 @@ def flow_runs(stack, **state_filter) -> list[dict]:
     return runs
 
 
+def test_the_api_requires_its_credentials(stack):
+    assert _call(stack["api"], "POST", "/flows/filter", {}, authenticated=False)[0] == 401
+    assert _call(stack["api"], "POST", "/flows/filter", {})[0] == 200
+    assert _call(stack["api"], "GET", "/health", authenticated=False)[0] == 200  # probes stay open
+
+
 def test_deployment_shape(stack):
     status, dep = api(stack["api"], "GET", f"/deployments/name/{DEPLOYMENT}")
     assert dep["work_pool_name"] == "gpu" and dep["enforce_parameter_schema"] is True
-    assert dep["global_concurrency_limit"]["limit"] == 1
+    # One training at a time, held by the work queue (no lease a server restart could lose).
+    assert dep["work_queue_name"] == "training" and dep.get("global_concurrency_limit") is None
+    status, queue = api(stack["api"], "GET", "/work_pools/gpu/queues/training")
+    assert status == 200 and queue["concurrency_limit"] == 1
     assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * 1"]
     status, automations = api(stack["api"], "POST", "/automations/filter", {})
     trigger = next(a for a in automations if a["actions"][0].get("deployment_id") == dep["id"])
@@ -130,6 +187,7 @@ def test_runs_from_cli_rest_and_event_complete(stack):
         assert time.monotonic() < deadline, f"runs not completed: {states}"
         time.sleep(2)
 
+    assert not [a for r in new for a in stack["alerts"].about(r["name"])]  # successful runs alert nobody
     revisions = sorted(str(r["parameters"].get("dataset_revision")) for r in new)
     assert revisions == ["None", "ev-42", "rest-1"]
     models = sorted((stack["root"] / "runs").glob("*/model/model.safetensors"))
@@ -154,13 +212,13 @@ def test_invalid_parameters_are_refused_before_a_run(stack):
 
 def test_watcher_emits_only_when_the_revision_changes(stack):
     from prefect.events.worker import EventsWorker
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from flows.settings import DatasetSettings
     from flows.watcher import watch_dataset
 
     dataset = DatasetSettings(source=str(stack["watched"]))
-    with temporary_settings({PREFECT_API_URL: stack["api"]}):
+    with temporary_settings({PREFECT_API_URL: stack["api"], PREFECT_API_AUTH_STRING: AUTH}):
         first = watch_dataset(dataset=dataset, name="e2e-watch")
         second = watch_dataset(dataset=dataset, name="e2e-watch")
         with (stack["watched"] / "train.jsonl").open("a") as fh:
@@ -184,11 +242,11 @@ def test_watcher_emits_only_when_the_revision_changes(stack):
 
 
 def test_pool_kinds_from_templates(stack):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from flows.pools import create_pool
 
-    with temporary_settings({PREFECT_API_URL: stack["api"]}):
+    with temporary_settings({PREFECT_API_URL: stack["api"], PREFECT_API_AUTH_STRING: AUTH}):
         for kind in ("docker", "kubernetes"):
             assert create_pool(f"gpu-{kind}", kind) == "created"
     status, docker = api(stack["api"], "GET", "/work_pools/gpu-docker")
@@ -200,7 +258,140 @@ def test_pool_kinds_from_templates(stack):
     status, k8s = api(stack["api"], "GET", "/work_pools/gpu-kubernetes")
     manifest = k8s["base_job_template"]["job_configuration"]["job_manifest"]
     container = manifest["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": "{{ gpus_per_pod }}"}
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus_per_pod }}"
     assert manifest["spec"]["template"]["spec"]["tolerations"] == "{{ tolerations }}"
     status, process = api(stack["api"], "GET", "/work_pools/gpu")
     assert process["base_job_template"]["variables"]["properties"]["working_dir"]["default"] == str(stack["root"] / "work")
+
+
+
+# ------------------------------------------------------------------------------------------- faults
+
+
+def long_run(stack, name: str) -> str:
+    """A deployment run that trains long enough to be interrupted: the whole sample, 3 epochs, batch 4."""
+    settings = deployment_spec(stack["root"], stack["tiny_bert"])["deployments"][0]["parameters"]["settings"]
+    settings["dataset"] = {**settings["dataset"], "max_train_samples": 800}
+    settings["train"] = {**settings["train"], "epochs": 3, "batch_size": 4}
+    status, run = api(
+        stack["api"], "POST", f"/deployments/{deployment_id(stack)}/create_flow_run", {"name": name, "parameters": {"settings": settings}}
+    )
+    assert status == 201, run
+    return run["id"]
+
+
+def read_run(stack, run_id: str) -> dict:
+    status, run = api(stack["api"], "GET", f"/flow_runs/{run_id}")
+    assert status == 200, run
+    return run
+
+
+def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every_s)
+    return found
+
+
+def sealed_checkpoints(stack, run_name: str) -> list:
+    return sorted((stack["root"] / "runs").glob(f"*-{run_name}/checkpoints/checkpoint-*/.nerflow-complete.json"))
+
+
+def flow_run_processes(run_id: str) -> list[int]:
+    """Processes started for a flow run (the process worker passes PREFECT__FLOW_RUN_ID)."""
+    marker = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def run_logs(stack, run_id: str) -> list[str]:
+    status, logs = api(stack["api"], "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    assert status == 200, logs
+    return [entry["message"] for entry in logs]
+
+
+def test_a_training_run_killed_mid_epoch_is_restarted_once_and_resumes(stack):
+    """SIGKILL of the flow run's process (an OOM kill, a preempted node): the worker reports the run
+    Crashed, the crash-recovery deployment schedules the same flow run again, and it resumes from its
+    last complete checkpoint in the same run folder."""
+    run_id = long_run(stack, "killed-mid-epoch")
+    wait_for("a sealed checkpoint", lambda: sealed_checkpoints(stack, "killed-mid-epoch"))
+    for pid in flow_run_processes(run_id):
+        os.kill(pid, signal.SIGKILL)
+    wait_for("the crash", lambda: read_run(stack, run_id)["run_count"] >= 2 or read_run(stack, run_id)["state_type"] == "CRASHED")
+    final = wait_for("the restarted run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED") and r)
+    assert final["state_type"] == "COMPLETED" and final["run_count"] == 2
+    assert any(m.startswith("resuming training from") for m in run_logs(stack, run_id))
+    (model,) = (stack["root"] / "runs").glob("*-killed-mid-epoch/model/model.safetensors")
+    assert json.loads((model.parent.parent / "train_log.json").read_text())[-1]["epoch"] == 3.0
+
+
+def test_a_server_killed_while_a_run_trains_is_restarted_and_the_run_completes(stack):
+    run_id = long_run(stack, "server-restart")
+    wait_for("training to start", lambda: sealed_checkpoints(stack, "server-restart"))
+    server_pid = int((stack["root"] / "work" / "server.pid").read_text())
+    os.kill(server_pid, signal.SIGKILL)
+    wait_for("a new server", lambda: int((stack["root"] / "work" / "server.pid").read_text()) != server_pid)
+    final = wait_for("the run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r)
+    assert final["state_type"] == "COMPLETED" and final["run_count"] == 1
+    assert list((stack["root"] / "runs").glob("*-server-restart/model/model.safetensors"))
+
+
+# ------------------------------------------------------------------------------------- bad input, bursts
+
+
+def test_a_run_started_through_the_api_with_bad_data_fails_with_the_message_as_its_state(stack, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        (folder / f"{split}.jsonl").write_text('{"tokens": ["John", "lives", "here"], "ner_tags": [1, 0]}\n')
+    (folder / "labels.txt").write_text("O\nB-PER\nI-PER\n")
+    settings = deployment_spec(stack["root"], stack["tiny_bert"])["deployments"][0]["parameters"]["settings"]
+    settings["dataset"] = {"source": str(folder)}
+    status, run = api(stack["api"], "POST", f"/deployments/{deployment_id(stack)}/create_flow_run", {"parameters": {"settings": settings}})
+    assert status == 201, run
+    final = wait_for("the run to fail", lambda: (r := read_run(stack, run["id"]))["state_type"] in ("FAILED", "COMPLETED", "CRASHED") and r)
+    assert final["state_type"] == "FAILED" and final["state"]["name"] == "Invalid input"
+    assert "train.jsonl, split 'train', row 0 (line 1), field 'ner_tags': 2 tags for 3 words" in final["state"]["message"]
+    # One alert, with the run, the failed task, the first line of the error and a link to the run.
+    (alert,) = wait_for("the alert", lambda: stack["alerts"].about(final["name"]), timeout_s=60)
+    body = alert["body"].splitlines()
+    assert alert["subject"] == f"nerflow run {final['name']} invalid input"
+    assert "failed task: ingest" in body and "error: dataset validation failed (3 problem(s)):" in body
+    assert any(line.startswith("link: http://127.0.0.1:") and run["id"] in line for line in body)
+    time.sleep(3)
+    assert len(stack["alerts"].about(final["name"])) == 1
+
+
+def test_a_burst_of_events_for_one_revision_runs_every_run_and_trains_once(stack):
+    before = {r["id"] for r in flow_runs(stack)}
+    burst = (
+        "from prefect.events.worker import EventsWorker\n"
+        "from flows.watcher import emit_dataset_updated\n"
+        "for _ in range(20):\n"
+        "    emit_dataset_updated('wikiann-bn', 'burst-1')\n"
+        "EventsWorker.drain_all()\n"
+    )
+    subprocess.run([sys.executable, "-c", burst], env=stack["env"], check=True, timeout=120)
+    busy_at_once = 0
+    deadline = time.monotonic() + 600
+    while True:
+        runs = [r for r in flow_runs(stack) if r["id"] not in before and r["parameters"].get("dataset_revision") == "burst-1"]
+        busy_at_once = max(busy_at_once, sum(r["state_type"] in ("PENDING", "RUNNING") for r in runs))
+        if len(runs) == 20 and all(r["state_type"] == "COMPLETED" for r in runs):
+            break
+        assert not [r for r in runs if r["state_type"] in ("FAILED", "CRASHED", "CANCELLED")], [r["state"] for r in runs]
+        assert time.monotonic() < deadline, f"{len(runs)} runs, states {sorted(r['state_type'] for r in runs)}"
+        time.sleep(1)
+    assert busy_at_once <= 1  # the training queue's concurrency limit held
+    status, task_runs = api(stack["api"], "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [r["id"] for r in runs]}}, "limit": 200})
+    trained = [t for t in task_runs if t["name"].startswith("train-") and t["state_type"] == "COMPLETED" and t["state"]["name"] == "Completed"]
+    assert len(trained) <= 1
+    assert sum("already handled" in (r["state"]["message"] or "") for r in runs) >= 19

@@ -47,15 +47,26 @@ def test_compose_stack_server_on_postgres_and_gpu_worker():
     assert "@postgres:5432/" in server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert all(p.startswith("127.0.0.1:") for p in server["ports"])  # the UI on loopback only
     assert server["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # A restarted server keeps its concurrency leases (on a volume) and the runs in flight.
+    assert server["environment"]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"].endswith("lease_storage.filesystem")
+    assert any(v.endswith(":" + server["environment"]["PREFECT_HOME"]) for v in server["volumes"])
+    assert server["restart"] == services["worker"]["restart"] == "unless-stopped"
     worker = services["worker"]
     assert worker["command"][:5] == ["prefect", "worker", "start", "--pool", "gpu"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
     assert any(v.endswith("/.cache/huggingface") for v in worker["volumes"])
     assert worker["environment"]["PREFECT_API_URL"] == "http://server:4200/api"
-    # Secrets are passed through from the host environment, never written in the file.
-    for key in ("HF_TOKEN", "WANDB_API_KEY"):
-        assert worker["environment"][key] == "${" + key + ":-}"
+    # The API requires credentials; every password comes from docker/.env (compose refuses to start
+    # without it); the database is not published on the host; secrets are not handed to every run.
+    text = (REPO / "docker" / "compose.yaml").read_text()
+    assert server["environment"]["PREFECT_SERVER_API_AUTH_STRING"].startswith("${PREFECT_AUTH:?")
+    for name in ("worker", "deploy"):
+        assert services[name]["environment"]["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_AUTH:?")
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "ports" not in services["postgres"] and ":-prefect}" not in text
+    assert not {"HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY"} & set(worker["environment"])
+    assert worker["environment"]["NERFLOW_ALLOWED_ROOTS"] == "/home/nerflow/work"
     assert services["deploy"]["build"]["dockerfile"] == "docker/Dockerfile"
     assert "deployments/prefect.yaml" in " ".join(services["deploy"]["command"])
 
@@ -71,3 +82,21 @@ def test_pool_templates_are_valid_and_documented():
         template = load_template(kind)
         referenced = set(re.findall(r"\{\{ (\w+) \}\}", json.dumps(template["job_configuration"])))
         assert referenced <= set(template["variables"]["properties"]), kind
+
+
+def test_kubernetes_pool_keeps_runs_on_a_volume_and_runs_locked_down():
+    import json
+
+    template = json.loads((REPO / "deployments" / "pools" / "kubernetes.json").read_text())
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+    # Run folders, checkpoints and caches outlive the pod: the work folder is a claim, not pod disk.
+    assert container["workingDir"] == "/home/nerflow/work" and claims[mounts["/home/nerflow/work"]] == "{{ work_claim }}"
+    assert claims[mounts["/home/nerflow/.cache/huggingface"]] == "{{ hf_cache_claim }}"
+    assert container["resources"]["limits"]["memory"] == "{{ memory_limit }}"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["allowPrivilegeEscalation"] is False
+    variables = template["variables"]["properties"]
+    assert {"work_claim", "memory_limit"} <= set(variables) and all(variables[v]["description"] for v in variables)

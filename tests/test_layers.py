@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-STEPS = {"tasks.ingest", "tasks.tokenize", "tasks.train", "tasks.evaluate", "tasks.card", "tasks.publish"}
+STEPS = {"tasks.ingest", "tasks.tokenize", "tasks.train", "tasks.evaluate", "tasks.card", "tasks.publish", "tasks.track"}
 # A step's private helpers count as the step (only the train step has some).
 STEP_PARTS = {"tasks.trainer": "tasks.train", "tasks.distributed": "tasks.train"}
 MAX_FUNCTION_LINES = 60

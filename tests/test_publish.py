@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SAMPLE_DIR
 from flows.settings import PublishSettings, RunSettings
 from tasks.publish import PublishError, publish_run, publish_to_s3, s3_published_f1
 from hub_standin import HubStandIn
@@ -62,6 +63,13 @@ def copy_run(run_dir: Path, dest: Path, name: str, test_f1: float) -> Path:
     metrics = json.loads((new / "metrics.json").read_text())
     metrics["word_level"]["test"]["f1"] = test_f1
     (new / "metrics.json").write_text(json.dumps(metrics))
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(new / "model" / "README.md")  # the card's model-index says the same
+    for result in card.data.eval_results:
+        if result.metric_type == "f1":
+            result.metric_value = round(test_f1, 4)
+    card.save(new / "model" / "README.md")
     return new
 
 
@@ -161,6 +169,23 @@ def test_hub_without_token_says_what_to_set(finished_run, hub, monkeypatch):
     assert hub.requests == []
 
 
+def test_a_404_from_another_endpoint_is_not_reported_as_a_missing_repository(finished_run, hub):
+    hub.fail_next("POST", "/api/validate-yaml", 404, times=5)  # a Hub-compatible server without this endpoint
+    with pytest.raises(PublishError) as err:
+        publish_run(finished_run, PublishSettings(targets=["hub"], hub_repo_id="nerflow/partial"), "tiny-ner", FAST)
+    message = str(err.value)
+    assert "/api/validate-yaml answered HTTP 404" in message and "was not found" not in message
+    # The repository itself missing (the Hub says RepoNotFound) is explained as such.
+    import httpx
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from tasks.publish import _explain_hub_error
+
+    request = httpx.Request("POST", f"{hub.url}/api/models/nerflow/absent/commit/main")
+    missing = RepositoryNotFoundError("404 Repository Not Found", response=httpx.Response(404, request=request))
+    assert "nerflow/absent was not found (HTTP 404)" in str(_explain_hub_error(missing, "nerflow/absent", "hf-token"))
+
+
 def test_gate_reads_the_published_card(finished_run, hub, tmp_path):
     settings = PublishSettings(targets=["hub"], hub_repo_id="nerflow/gated", require_improvement=True)
     first = publish_run(finished_run, settings, "tiny-ner", FAST)
@@ -170,6 +195,48 @@ def test_gate_reads_the_published_card(finished_run, hub, tmp_path):
     assert not skipped.published and "does not beat the published model's" in skipped.gate.reason
     assert skipped.gate.published_f1 == pytest.approx(round(published_f1, 4))
     assert len(hub.commits("nerflow/gated")) == 1
+
+
+def test_publish_gets_through_connections_dropped_without_an_answer(finished_run, hub):
+    hub.drop_next_connections(2)  # a load balancer restarting: the first two requests get no response
+    result = publish_run(finished_run, PublishSettings(targets=["hub"], hub_repo_id="nerflow/dropped"), "tiny-ner", FAST)
+    assert result.published and len(hub.commits("nerflow/dropped")) == 1
+
+
+def test_a_run_published_as_a_pull_request_twice_opens_one_pull_request(finished_run, hub):
+    settings = PublishSettings(targets=["hub"], hub_repo_id="nerflow/reviewed", hub_create_pr=True)
+    first = publish_run(finished_run, settings, "tiny-ner", FAST)
+    again = publish_run(finished_run, settings, "tiny-ner", FAST)
+    (pull_request,) = hub.repos["nerflow/reviewed"].pull_requests
+    assert "[nerflow run run-1]" in pull_request.title and hub.commits("nerflow/reviewed") == []
+    assert first.hub_new_commit and not again.hub_new_commit
+    assert first.hub_commit_url == again.hub_commit_url == f"{hub.url}/nerflow/reviewed/discussions/1"
+
+
+def test_the_gate_is_decided_again_when_another_model_is_published_in_between(finished_run, hub, tmp_path, monkeypatch):
+    """Publisher B reads the Hub's model (F1 x), another publisher then commits a much better model;
+    B's commit names the commit it compared against, the Hub refuses it, B compares again and stops."""
+    import tasks.publish
+
+    repo = "nerflow/raced"
+    settings = PublishSettings(targets=["hub"], hub_repo_id=repo, require_improvement=True)
+    first = publish_run(finished_run, settings, "tiny-ner", FAST)
+    better = copy_run(finished_run, tmp_path, "run-better", first.gate.new_f1 + 0.05)
+    best = copy_run(finished_run, tmp_path, "run-best", first.gate.new_f1 + 0.2)
+    read = tasks.publish.hub_published_f1
+    raced = []
+
+    def read_then_lose_the_race(api, repo_id):
+        answer = read(api, repo_id)
+        if not raced:  # between B's read and B's commit, the best model lands first
+            raced.append(publish_run(best, PublishSettings(targets=["hub"], hub_repo_id=repo), "tiny-ner", FAST))
+        return answer
+
+    monkeypatch.setattr(tasks.publish, "hub_published_f1", read_then_lose_the_race)
+    result = publish_run(better, settings, "tiny-ner", FAST)
+    assert not result.published and result.gate.published_f1 == pytest.approx(round(first.gate.new_f1 + 0.2, 4))
+    titles = [c.title for c in hub.commits(repo)]
+    assert len(titles) == 2 and "run-best" in titles[-1] and not any("run-better" in t for t in titles)
 
 
 # -------------------------------------------------------------------------------------------------- s3
@@ -208,6 +275,21 @@ def test_s3_upload_writes_manifest_last_and_retry_completes(finished_run, s3):
     before = client.get_object(Bucket=bucket, Key=prefix + "manifest.json")["LastModified"]
     assert publish_to_s3(finished_run, "run-1", "tiny-ner", 0.5, settings, client, backoff_base_s=FAST)[1] is False
     assert client.get_object(Bucket=bucket, Key=prefix + "manifest.json")["LastModified"] == before
+
+
+def test_s3_republishing_a_changed_run_never_changes_objects_under_an_existing_manifest(finished_run, s3, tmp_path):
+    client, bucket = s3
+    settings = PublishSettings(targets=["s3"], s3_uri=f"s3://{bucket}/nerflow")
+    first = publish_run(finished_run, settings, "tiny-ner", FAST)
+    before = {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys(client, bucket)}
+    changed = copy_run(finished_run, tmp_path, "run-1", 0.99)  # the same run name, retrained: new metrics
+    again = publish_run(changed, settings, "tiny-ner", FAST)
+    assert again.s3_new_upload and again.s3_uri.startswith(first.s3_uri + "rev-")
+    for key, body in before.items():  # the first upload and its manifest are untouched
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=again.s3_uri.split(bucket + "/", 1)[1] + "manifest.json")["Body"].read())
+    assert manifest["test_f1"] == 0.99
+    assert publish_run(changed, settings, "tiny-ner", FAST).s3_new_upload is False  # and it is idempotent
 
 
 def test_s3_gate_skips_worse_and_publishes_better(finished_run, s3, tmp_path):
@@ -300,3 +382,41 @@ def test_secrets_never_reach_files_logs_or_artifacts(tiny_settings, hub, s3, mon
     text = "\n".join(log.message for log in logs) + "\n".join(f"{a.data} {a.description}" for a in artifacts)
     assert "published to" in text and {"quality-gate", "hub-commit", "metrics-overall"} <= {a.key for a in artifacts}
     assert not any(secret in text for secret in secrets)
+
+
+# ------------------------------------------------------------------------------------ hub downloads
+
+
+def test_tokenize_loads_a_hub_tokenizer_through_dropped_connections(hub, tiny_bert, tmp_path, monkeypatch):
+    """The tokenizer of a Hub checkpoint, served by the stand-in, whose first two connections get no
+    answer: transformers reports an OSError caused by httpx's error, the task retries and succeeds."""
+    import huggingface_hub.constants
+    from prefect import flow
+    from prefect import get_client
+
+    from tasks.ingest import ingest_dataset
+    from tasks.tokenize import tokenize_task
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)  # read when the module was imported
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    hub.add_model_repo("nerflow/tiny-bert", {p.name: p.read_bytes() for p in tiny_bert.iterdir() if p.suffix != ".safetensors"})
+    settings = RunSettings.model_validate(
+        {
+            "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 16, "max_eval_samples": 8},
+            "model": {"checkpoint": "nerflow/tiny-bert"},
+            "output_dir": str(tmp_path / "runs"),
+        }
+    )
+    cache = str(settings.resolved_cache_dir())
+    dataset = ingest_dataset(settings.dataset, settings.resolved_cache_dir())
+    hub.drop_next_connections(2)
+
+    @flow
+    def tokenize_only():
+        return tokenize_task.with_options(retry_delay_seconds=0)(dataset, settings.model, settings.tokenize, cache, return_state=True)
+
+    state = tokenize_only()
+    assert state.is_completed() and state.result().stats["train"]["sentences"] == 16
+    with get_client(sync_client=True) as client:
+        history = [s.name for s in client.read_task_run_states(state.state_details.task_run_id)]
+    assert "Retrying" in history

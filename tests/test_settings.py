@@ -28,7 +28,7 @@ def test_yaml_plus_overrides_are_typed(tmp_path):
         ("train.epochs=0", "train.epochs"),
         ("train.learning_rate=-1", "train.learning_rate"),
         ("tokenize.alignment=every", "tokenize.alignment"),
-        ("tracking.backend=mlflow", "tracking.backend"),
+        ("tracking.backends=[comet]", "tracking.backends.0"),
         ("train.epocs=3", "train.epocs"),
         ("dataset.label_names=[O, PER]", "dataset.label_names"),
         ("run_name=../escape", "run_name"),
@@ -48,6 +48,18 @@ def test_settings_saved_before_batching_existed_still_load():
     assert RunSettings.model_validate(old).train.batching == "length"
     old["train"]["group_by_length"] = False
     assert RunSettings.model_validate(old).train.batching == "random"
+
+
+def test_the_settings_reference_in_docs_is_generated_from_the_model():
+    from flows.settings import settings_reference
+
+    from conftest import REPO
+
+    reference = settings_reference()
+    assert (REPO / "docs" / "settings.md").read_text(encoding="utf-8") == reference, "run: nerflow settings --markdown > docs/settings.md"
+    for section, model in RunSettings.model_fields.items():
+        for name in getattr(model.annotation, "model_fields", {}):
+            assert f"`{section}.{name}`" in reference
 
 
 def test_config_errors_name_the_file(tmp_path):

@@ -34,7 +34,7 @@ def job_for(tiny_bert, tmp_path_factory):
 
 def test_the_settings_reach_the_trainer(job_for):
     job = job_for("args", train={"warmup_ratio": 0.2, "weight_decay": 0.05, "seed": 11, "eval_batch_size": 32})
-    trainer = tasks.train.build_trainer(job, "cpu", bf16=False, fp16=False, compile_model=False, use_wandb=False)
+    trainer = tasks.train.build_trainer(job, "cpu", bf16=False, fp16=False, compile_model=False, report_to=[])
     args = trainer.args
     assert (args.learning_rate, args.per_device_train_batch_size, args.per_device_eval_batch_size) == (5e-3, 16, 32)
     assert (args.num_train_epochs, args.weight_decay, args.seed, args.data_seed) == (2, 0.05, 11, 11)
@@ -45,7 +45,7 @@ def test_the_settings_reach_the_trainer(job_for):
     assert isinstance(trainer.data_collator, PadCollator) and trainer.data_collator.multiple is None
     assert trainer.model.config.nerflow_decoding == "iob2"
     assert trainer.model.config.id2label == dict(enumerate(job.tokenized.label_names))
-    static = tasks.train.build_trainer(job_for("static", train={"batching": "static"}), "cpu", False, False, False, False)
+    static = tasks.train.build_trainer(job_for("static", train={"batching": "static"}), "cpu", False, False, False, [])
     assert static.data_collator.multiple == 32 and len(static._get_train_sampler()) % 16 == 0
 
 
@@ -90,3 +90,52 @@ def test_a_compile_failure_falls_back_to_eager_with_one_warning(job_for, monkeyp
     assert ref.compiled is False and Path(ref.path, "model.safetensors").is_file()
     warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(warnings) == 1 and "FakeCompileFailure" in warnings[0]
+
+
+def test_every_training_knob_reaches_the_trainer(job_for):
+    knobs = {
+        "lr_scheduler": "cosine",
+        "optimizer": "adamw_torch",
+        "max_grad_norm": 0.5,
+        "gradient_checkpointing": True,
+        "label_smoothing": 0.1,
+        "auto_batch_size": True,
+        "trainer_args": {"adam_beta2": 0.98, "adam_epsilon": 1e-7, "dataloader_drop_last": True},
+    }
+    args = tasks.train.build_trainer(job_for("knobs", train=knobs), "cpu", False, False, False, []).args
+    assert (str(args.lr_scheduler_type.value), str(args.optim.value)) == ("cosine", "adamw_torch")
+    assert (args.max_grad_norm, args.activation_checkpointing, args.label_smoothing_factor, args.auto_find_batch_size) == (0.5, True, 0.1, True)
+    assert (args.adam_beta2, args.adam_epsilon, args.dataloader_drop_last) == (0.98, 1e-7, True)
+
+
+@pytest.mark.parametrize(
+    "trainer_args, says",
+    [
+        ({"adam_betta2": 0.98}, "adam_betta2: not a TrainingArguments field of transformers"),
+        ({"adam_betta2": 0.98}, "did you mean adam_beta2"),
+        ({"adam_beta2": "high"}, "adam_beta2: 'high' is not a valid"),
+        ({"learning_rate": 1e-3}, "learning_rate: set by nerflow (use train.learning_rate)"),
+        ({"save_strategy": "steps"}, "save_strategy: set by nerflow (nerflow saves a checkpoint every epoch to resume from)"),
+        ({"report_to": ["mlflow"]}, "report_to: set by nerflow (use tracking.backends)"),
+    ],
+)
+def test_trainer_args_are_checked_before_the_run_starts(trainer_args, says):
+    from flows.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as err:
+        load_settings(None, [f"train.trainer_args={json.dumps(trainer_args)}"])
+    assert "train.trainer_args" in str(err.value) and says in str(err.value)
+
+
+def test_early_stopping_stops_a_run_that_cannot_improve_after_patience_plus_one_epochs(job_for):
+    ref = tasks.train.train_model(job_for("stuck", train={"epochs": 5, "learning_rate": 1e-12, "early_stopping_patience": 2}))
+    assert [e["epoch"] for e in ref.epochs] == [1.0, 2.0, 3.0]
+    assert ref.stopped_early.startswith("stopped after epoch 3 of 5: validation F1 did not improve by more than 0.0 for 2 epoch(s)")
+    assert ref.epochs[-1]["note"] == ref.stopped_early and ref.best_checkpoint == "checkpoint-10"
+
+
+def test_early_stopping_lets_a_run_that_keeps_improving_run_to_the_end(job_for):
+    ref = tasks.train.train_model(job_for("improving", train={"epochs": 4, "learning_rate": 1e-3, "early_stopping_patience": 1}))
+    f1 = [e["val_f1"] for e in ref.epochs]
+    assert len(f1) == 4 and f1 == sorted(f1) and len(set(f1)) == 4  # better every epoch
+    assert ref.stopped_early is None

@@ -1,0 +1,65 @@
+"""The `predict_ner` flow: batch prediction as a Prefect run, on the GPU pool like training.
+
+Input and output are local paths or s3:// URIs (downloaded first, uploaded once complete); the model is
+a run's model folder on the worker. With `labelled`, the input's tags are the gold standard and
+word-level seqeval scores are written beside the predictions (OUTPUT.scores.json) and shown as an
+artifact.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from tasks import s3
+from tasks.predict_io import predict_file
+
+
+def _fetch(uri: str, folder: Path) -> Path:
+    if not uri.startswith("s3://"):
+        return Path(uri)
+    bucket, key = s3.parse_s3_uri(uri)
+    local = folder / Path(key).name
+    s3.client().download_file(bucket, key, str(local))
+    return local
+
+
+def _deliver(local: Path, uri: str) -> None:
+    if uri.startswith("s3://"):
+        bucket, key = s3.parse_s3_uri(uri)
+        s3.client().upload_file(str(local), bucket, key)
+
+
+@task(name="predict-file", cache_policy=NO_CACHE)
+def predict_file_task(model_dir: str, input_path: str, output_path: str, input_format: str, labelled: bool, batch_size: int, stride: int) -> dict[str, Any]:
+    logger = get_run_logger()
+    with tempfile.TemporaryDirectory() as tmp:
+        local_in = _fetch(input_path, Path(tmp))
+        local_out = Path(tmp) / Path(output_path).name if output_path.startswith("s3://") else Path(output_path)
+        progress = lambda done, total: logger.info("batch %d of %d", done, total) if done % 50 == 0 or done == total else None  # noqa: E731
+        summary = predict_file(model_dir, local_in, local_out, input_format, labelled, batch_size, stride, progress)
+        _deliver(local_out, output_path)
+        if labelled:
+            _deliver(Path(str(local_out) + ".scores.json"), output_path + ".scores.json")
+    return summary | {"output": output_path}
+
+
+@flow(name="predict_ner", description="Tag every document of a file (text, jsonl or CoNLL; local or s3://) with a trained model.")
+def predict_ner(
+    model_dir: str,
+    input_path: str,
+    output_path: str,
+    input_format: str = "auto",
+    labelled: bool = False,
+    batch_size: int = 32,
+    stride: int = 32,
+) -> dict[str, Any]:
+    summary = predict_file_task(model_dir, input_path, output_path, input_format, labelled, batch_size, stride)
+    create_table_artifact(key="prediction-summary", table=[{k: v for k, v in summary.items()}], description="Batch prediction")
+    return summary

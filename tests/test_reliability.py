@@ -1,0 +1,153 @@
+"""What happens when things break: half-written checkpoints, failed saves, stale caches, wrapped network
+errors. Each of these failed on the code before the reliability work (see docs/reliability.md)."""
+
+import errno
+import logging
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+import tasks.train
+from conftest import prepare, write_synthetic_dataset
+from tasks.refs import TrainJob
+from tasks.retry import is_deterministic, is_transient
+from tasks.storage import SEAL, is_sealed
+from tasks.trainer import last_complete_checkpoint
+
+
+@pytest.fixture
+def job(tiny_bert, tmp_path):
+    from conftest import tiny_run_settings
+
+    data = write_synthetic_dataset(tmp_path / "synthetic")
+    settings = tiny_run_settings(
+        tiny_bert,
+        tmp_path / "runs",
+        dataset={"source": str(data), "max_train_samples": None, "max_eval_samples": None},
+        train={"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "save_total_limit": 3},
+    )
+    _, tokenized = prepare(settings)
+    return TrainJob.for_run(settings, tokenized, tmp_path / "runs" / "run", "run")
+
+
+def test_a_truncated_newest_checkpoint_is_removed_and_training_resumes_from_the_one_before(job):
+    first = tasks.train.train_model(job)
+    checkpoints = job.checkpoint_dir
+    assert all(is_sealed(p) for p in checkpoints.glob("checkpoint-*"))
+    # A power loss or a kill during the last save: the weights file is cut short.
+    newest = checkpoints / "checkpoint-20"
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    shutil.rmtree(first.path)
+
+    again = tasks.train.train_model(job)
+    assert again.resumed_from == "checkpoint-10"
+    assert is_sealed(newest) and Path(again.path, "model.safetensors").is_file()  # epoch 2 saved again, whole
+
+
+def test_a_checkpoint_without_its_seal_is_never_resumed_from(job, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    complete = checkpoints / "checkpoint-5"
+    complete.mkdir(parents=True)
+    (complete / "model.safetensors").write_bytes(b"x" * 10)
+    from tasks.storage import seal
+
+    seal(complete)
+    cut = shutil.copytree(complete, checkpoints / "checkpoint-9")
+    (cut / SEAL).unlink()  # killed before the seal was written
+    assert last_complete_checkpoint(checkpoints) == complete
+    assert not cut.exists()
+
+
+def test_a_failed_save_is_retried_once(job, monkeypatch, caplog):
+    from transformers import Trainer
+
+    import tasks.trainer
+
+    monkeypatch.setattr(tasks.trainer, "SAVE_RETRY_DELAY_S", 0)
+    save = Trainer._save_checkpoint
+    failures = []
+
+    def full_disk_once(self, model, trial):
+        if not failures:
+            failures.append(self.state.global_step)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, model, trial)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", full_disk_once)
+    with caplog.at_level(logging.WARNING, logger="tasks.trainer"):
+        ref = tasks.train.train_model(job)
+    assert failures == [10] and ref.best_checkpoint in ("checkpoint-10", "checkpoint-20")
+    assert all(is_sealed(p) for p in job.checkpoint_dir.glob("checkpoint-*"))
+    assert any("saving checkpoint-10 failed" in r.getMessage() for r in caplog.records)
+
+
+def wrapped(inner: BaseException) -> OSError:
+    """What transformers raises when the Hub cannot be reached: an OSError caused by httpx's error."""
+    try:
+        try:
+            raise inner
+        except BaseException as e:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from e
+    except OSError as outer:
+        return outer
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ConnectError("Name or service not known"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx.ReadTimeout("timed out"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_network_errors_are_transient_even_when_wrapped(error):
+    from tasks.retry import network_retry_condition, unless_deterministic
+
+    assert is_transient(error) and is_transient(wrapped(error))
+    assert not is_deterministic(wrapped(error))
+    state = FailedState(wrapped(error))
+    assert network_retry_condition(None, None, state) and unless_deterministic(None, None, state)
+
+
+def test_the_hub_cache_miss_offline_is_transient():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    assert is_transient(wrapped(LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        IndexError("index 7 is out of bounds for dimension 0 with size 7"),
+        ValueError("train.precision: bf16 was asked for but this GPU does not support it"),
+    ],
+    ids=["oom", "index", "bad-setting"],
+)
+def test_errors_a_retry_would_repeat_are_not_retried(error):
+    from tasks.retry import unless_deterministic
+
+    assert is_deterministic(error) and not is_transient(error)
+    assert not unless_deterministic(None, None, FailedState(error))
+
+
+def test_http_status_decides_for_service_errors():
+    request = httpx.Request("GET", "https://hub.example/api/models/x")
+    for status, transient in ((503, True), (429, True), (404, False), (403, False)):
+        error = httpx.HTTPStatusError("status", request=request, response=httpx.Response(status, request=request))
+        assert is_transient(error) is transient and is_deterministic(error) is not transient
+
+
+class FailedState:
+    """The part of a Prefect state that retry conditions read."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def result(self, raise_on_failure: bool = True):
+        return self.exc
