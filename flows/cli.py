@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workdir", default="work", help="where runs, logs and caches go")
     serve.add_argument("--home", default=None, help="PREFECT_HOME for the server (default: Prefect's)")
 
+    _add_predict_parser(sub)
+    return parser
+
+
+def _add_predict_parser(sub) -> None:
     predict = sub.add_parser("predict", help="the entities a trained model finds, in sentences or a whole file")
     predict.add_argument("model_dir", help="a run's model folder (RUN_DIR/model)")
     predict.add_argument("text", nargs="*", help="one or more sentences (or use --input)")
@@ -138,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--labelled", action="store_true", help="the input's tags are gold: also write OUTPUT.scores.json (seqeval, word level)")
     predict.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     predict.add_argument("--stride", type=int, default=32, help="subwords shared by consecutive windows of a long document")
-    return parser
 
 
 def preflight(settings: RunSettings) -> None:

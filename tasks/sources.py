@@ -104,16 +104,17 @@ def _read_parquet(path: Path) -> tuple[list[Any], None]:
         raise DatasetValidationError([f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e)[:200]})"]) from None
 
 
-def _cell_list(cell: str) -> Any:
-    """A CSV cell holding a list: JSON (["New", "York"], [5, 6]) or space-separated words or tags
-    (integers become tag ids). Anything else is passed on for validation to name."""
+def _cell_list(cell: str, tag_ids: bool) -> Any:
+    """A CSV cell holding a list: JSON (["New", "York"], [5, 6]) when it starts with '[', else
+    space-separated words or tags (in the tags column, integers are tag ids; a word "2024" stays a
+    word). Anything else is passed on for validation to name."""
     text = cell.strip()
     if text.startswith("["):
         try:
             return json.loads(text)
         except (json.JSONDecodeError, RecursionError):
             return cell  # not a list: validation says so, naming the row and field
-    return [int(v) if v.lstrip("-").isdigit() else v for v in text.split()]
+    return [int(v) if tag_ids and v.lstrip("-").isdigit() else v for v in text.split()]
 
 
 def _read_delimited(path: Path, delimiter: str, tokens_column: str, tags_column: str) -> tuple[list[Any], list[int]]:
@@ -131,7 +132,7 @@ def _read_delimited(path: Path, delimiter: str, tokens_column: str, tags_column:
         for row in reader:
             if None in row or None in row.values():
                 raise DatasetValidationError([f"{path}, line {reader.line_num}: {len(header)} columns in the header, not in this row"])
-            rows.append({tokens_column: _cell_list(row[tokens_column]), tags_column: _cell_list(row[tags_column])})
+            rows.append({tokens_column: _cell_list(row[tokens_column], False), tags_column: _cell_list(row[tags_column], True)})
             lines.append(reader.line_num)
     except csv.Error as e:
         kind = "CSV" if delimiter == "," else "TSV"

@@ -208,12 +208,41 @@ def train_model(job: TrainJob) -> ModelRef | None:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    from tasks.trainer import BackgroundProgress, compile_seconds, early_stop_reason
-
     hf_logging.disable_progress_bar()
     device, bf16, fp16 = training_device(job.hparams.precision)
     compile_model = job.hparams.compile == "on" or (job.hparams.compile == "auto" and device == "cuda")
     set_seed(job.hparams.seed)
+    trainer, result, resume, compiled, runtime, compile_s = fit_reported(job, device, bf16, fp16, compile_model)
+    if not trainer.is_world_process_zero():
+        return None  # under DDP, rank 0 alone writes the model folder and the log
+    model_dir = save_best_model(trainer, Path(job.run_dir))
+    epochs, stopped = epochs_with_stop_note(trainer)
+    best = trainer.state.best_model_checkpoint
+    return ModelRef(
+        path=str(model_dir),
+        run_dir=job.run_dir,
+        checkpoint_dir=str(job.checkpoint_dir),
+        resumed_from=Path(resume).name if resume else None,
+        best_checkpoint=Path(best).name if best else None,
+        best_validation_f1=max((e["val_f1"] for e in epochs), default=None),
+        device=device,
+        precision="bf16" if bf16 else "fp16" if fp16 else "fp32",
+        batching=trainer.batching,
+        compiled=compiled,
+        compile_s=round(compile_s, 2),
+        decoding=job.decoding,
+        train_runtime_s=round(runtime, 2),
+        train_samples_per_second=result.metrics.get("train_samples_per_second"),
+        epochs=epochs,
+        stopped_early=stopped,
+    )
+
+
+def fit_reported(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool):
+    """fit() with the run's trackers and live progress around it; also the wall time and the compile
+    time it took: (trainer, result, resumed checkpoint, compiled, runtime_s, compile_s)."""
+    from tasks.trainer import BackgroundProgress, compile_seconds
+
     # Keys and addresses for the Trainer's live loggers, set for the training call only.
     tracking_env = tracking_environment(job.tracking, Path(job.run_dir), job.run_name, job.mlflow_run_id)
     report_to = [b for b in job.tracking.backends if b != "mlflow" or job.mlflow_run_id]
@@ -234,34 +263,20 @@ def train_model(job: TrainJob) -> ModelRef | None:
     finally:
         if progress is not None:
             progress.close()
-    if not trainer.is_world_process_zero():
-        return None  # under DDP, rank 0 alone writes the model folder and the log
-    model_dir = save_best_model(trainer, Path(job.run_dir))
+    return trainer, result, resume, compiled, runtime, compile_s
+
+
+def epochs_with_stop_note(trainer) -> tuple[list[dict], str | None]:
+    """The per-epoch table; when early stopping ended training, its reason on the last epoch."""
+    from tasks.trainer import early_stop_reason
+
     stopped = early_stop_reason(trainer)
     epochs = epoch_table(trainer.state.log_history)
     if stopped and epochs:
         for row in epochs:
             row["note"] = ""
         epochs[-1]["note"] = stopped
-    best = trainer.state.best_model_checkpoint
-    return ModelRef(
-        path=str(model_dir),
-        run_dir=job.run_dir,
-        checkpoint_dir=str(job.checkpoint_dir),
-        resumed_from=Path(resume).name if resume else None,
-        best_checkpoint=Path(best).name if best else None,
-        best_validation_f1=max((e["val_f1"] for e in epochs), default=None),
-        device=device,
-        precision="bf16" if bf16 else "fp16" if fp16 else "fp32",
-        batching=trainer.batching,
-        compiled=compiled,
-        compile_s=round(compile_s, 2),
-        decoding=job.decoding,
-        train_runtime_s=round(runtime, 2),
-        train_samples_per_second=result.metrics.get("train_samples_per_second"),
-        epochs=epochs,
-        stopped_early=stopped,
-    )
+    return epochs, stopped
 
 
 def model_exists(ref: ModelRef | None) -> bool:

@@ -1,6 +1,7 @@
 """Malformed datasets, generated: every one must end in the validation error that names the place, never
 in another exception and never in a hang. Each example is a valid dataset folder with one thing broken,
-chosen by hypothesis among the ways real files go wrong, in every format nerflow reads."""
+chosen by hypothesis among the ways real files go wrong, in every format nerflow reads (jsonl, json,
+parquet, CoNLL, CSV, TSV, and labels.txt beside them)."""
 
 import json
 import signal
@@ -101,6 +102,8 @@ def write_folder(folder: Path, train_file: str, train: bytes) -> Path:
             pq.write_table(pa.Table.from_pylist(VALID), folder / f"{split}{suffix}")
         elif suffix == ".conll":
             (folder / f"{split}{suffix}").write_bytes(conll(VALID))
+        elif suffix in (".csv", ".tsv"):
+            (folder / f"{split}{suffix}").write_bytes(delimited(VALID, "," if suffix == ".csv" else "\t"))
         else:
             (folder / f"{split}{suffix}").write_bytes(jsonl(VALID) if suffix == ".jsonl" else json_file(VALID))
     if not (folder / "labels.txt").exists():
@@ -110,6 +113,24 @@ def write_folder(folder: Path, train_file: str, train: bytes) -> Path:
 
 def conll(rows) -> bytes:
     return "\n\n".join("\n".join(f"{w} {LABELS[t]}" for w, t in zip(r["tokens"], r["ner_tags"])) for r in rows).encode() + b"\n"
+
+
+def delimited(rows, delimiter: str, spaced: bool = False) -> bytes:
+    """A CSV/TSV with a header; list cells as JSON, or (spaced) as space-separated words and tags."""
+    import csv
+    import io
+
+    def cell(value):
+        if spaced and isinstance(value, list):
+            return " ".join(str(v) for v in value)
+        return json.dumps(value, ensure_ascii=False)
+
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=["id", "tokens", "ner_tags"], delimiter=delimiter, restval="", lineterminator="\n")
+    writer.writeheader()
+    for i, row in enumerate(rows):
+        writer.writerow({"id": i} | {k: cell(v) for k, v in row.items()})
+    return out.getvalue().encode()
 
 
 @contextmanager
@@ -211,6 +232,50 @@ def broken_conll(draw) -> bytes:
 @given(data=broken_conll())
 def test_broken_conll(scratch, data):
     expect_validation_error(write_folder(scratch / "conll", "train.conll", data), scratch)
+
+
+@st.composite
+def broken_delimited(draw, delimiter: str) -> bytes:
+    """A CSV/TSV with one broken row (its list cells as JSON), or a broken line, header or byte."""
+    rows = [json.loads(json.dumps(r)) for r in VALID]
+    kind = draw(st.sampled_from(["row", "not-utf8", "ragged", "quote", "header"]))
+    if kind == "row":  # cells that hold lists; a cell that is not one is 'tokens-type' of broken_row
+        row = draw(broken_row().filter(lambda r: all(isinstance(r.get(k, []), list) for k in ("tokens", "ner_tags"))))
+        rows.insert(draw(st.integers(0, len(rows))), row)
+    lines = delimited(rows, delimiter).split(b"\n")
+    at = draw(st.integers(1, len(lines) - 2))  # a data line
+    if kind == "not-utf8":
+        lines[at] = lines[at][: draw(st.integers(0, len(lines[at])))] + b"\xff" + lines[at]
+    elif kind == "ragged":
+        lines[at] = lines[at] + delimiter.encode() + draw(words).encode() if draw(st.booleans()) else lines[at].rsplit(delimiter.encode(), 1)[0]
+    elif kind == "quote":
+        lines[at] = b'"' + lines[at]
+    elif kind == "header":
+        lines[0] = lines[0].replace(draw(st.sampled_from([b"tokens", b"ner_tags"])), b"words")
+    return b"\n".join(lines)
+
+
+@SETTINGS
+@given(data=broken_delimited(","))
+def test_broken_csv(scratch, data):
+    expect_validation_error(write_folder(scratch / "csv", "train.csv", data), scratch)
+
+
+@SETTINGS
+@given(data=broken_delimited("\t"))
+def test_broken_tsv(scratch, data):
+    expect_validation_error(write_folder(scratch / "tsv", "train.tsv", data), scratch)
+
+
+def test_csv_and_tsv_cells_hold_json_lists_or_space_separated_words(tmp_path):
+    rows = VALID + [{"tokens": ["In", "2024", "Paris", "grew"], "ner_tags": [0, 0, 3, 0]}]
+    for delimiter, suffix in ((",", ".csv"), ("\t", ".tsv")):
+        for spaced in (False, True):
+            folder = write_folder(tmp_path / f"{suffix[1:]}-{spaced}", f"train{suffix}", delimited(rows, delimiter, spaced))
+            ref = ingest_dataset(DatasetSettings(source=str(folder)), tmp_path / "cache")
+            train = ref.load()["train"]
+            assert ref.num_rows["train"] == 4 and list(train["tokens"]) == [r["tokens"] for r in rows]  # "2024" stays a word
+            assert list(train["ner_tags"]) == [r["ner_tags"] for r in rows]
 
 
 @st.composite

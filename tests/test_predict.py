@@ -72,8 +72,22 @@ def test_split_words_keeps_character_offsets():
     assert all(text[s:e] == w for w, s, e in words)
 
 
+def names_told_apart_by_first_subword(model_dir: str) -> tuple[list[str], list[str]]:
+    """People and places whose first subword no name of the other kind shares ('Peter' and 'Paris' both
+    start with 'P'): the 2-layer model labels a word by its first subword, and in running text it
+    cannot always tell those two apart. The test is about windows, not this model's capacity."""
+    from transformers import AutoTokenizer
+
+    first = AutoTokenizer.from_pretrained(model_dir).tokenize
+    people_firsts, place_firsts = {first(p)[0] for p in PEOPLE}, {first(c)[0] for c in PLACES}
+    return [p for p in PEOPLE if first(p)[0] not in place_firsts], [c for c in PLACES if first(c)[0] not in people_firsts]
+
+
 def test_a_2000_word_document_gets_every_entity_once_up_to_its_last_paragraph(model_dir):
-    facts = sentences(400, seed=3)  # 5 words each: 2,000 words
+    people, places = names_told_apart_by_first_subword(model_dir)
+    assert len(people) >= 4 and len(places) >= 4
+    rng = random.Random(3)
+    facts = [(rng.choice(people), rng.choice(VERBS), rng.choice(places)) for _ in range(400)]  # 2,000 words
     paragraphs = [" ".join(f"{p} {v} in {c} ." for p, v, c in facts[i : i + 40]) for i in range(0, 400, 40)]
     text = "\n\n".join(paragraphs)
     assert len(text.split()) == 2000

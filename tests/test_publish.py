@@ -420,3 +420,43 @@ def test_tokenize_loads_a_hub_tokenizer_through_dropped_connections(hub, tiny_be
     with get_client(sync_client=True) as client:
         history = [s.name for s in client.read_task_run_states(state.state_details.task_run_id)]
     assert "Retrying" in history
+
+
+# ----------------------------------------------------------------------------------------- predict
+
+
+def test_predict_flow_reads_from_and_writes_to_s3(finished_run, s3):
+    """The `predict_ner` flow as a deployment runs it: labelled input in a bucket, predictions and
+    their scores back in the bucket, a summary artifact on the flow run."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.predict import predict_ner
+
+    client, bucket = s3
+    test_rows = (SAMPLE_DIR / "test.jsonl").read_text(encoding="utf-8").splitlines()[:25]
+    client.put_object(Bucket=bucket, Key="in/docs.jsonl", Body="\n".join(test_rows).encode())
+    state = predict_ner(
+        model_dir=str(finished_run / "model"),
+        input_path=f"s3://{bucket}/in/docs.jsonl",
+        output_path=f"s3://{bucket}/out/docs.pred.jsonl",
+        labelled=True,
+        return_state=True,
+    )
+    summary = state.result()
+    assert state.is_completed() and summary["documents"] == 25
+    assert keys(client, bucket) == ["in/docs.jsonl", "out/docs.pred.jsonl", "out/docs.pred.jsonl.scores.json"]
+    lines = client.get_object(Bucket=bucket, Key="out/docs.pred.jsonl")["Body"].read().decode().splitlines()
+    assert [json.loads(line)["tokens"] for line in lines] == [json.loads(row)["tokens"] for row in test_rows]
+    scores = json.loads(client.get_object(Bucket=bucket, Key="out/docs.pred.jsonl.scores.json")["Body"].read())
+    assert scores["f1"] == summary["f1"] and 0.0 <= scores["f1"] <= 1.0
+
+    async def artifact_keys() -> list[str]:
+        run_id = state.state_details.flow_run_id
+        async with get_client() as prefect:
+            found = await prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        return [a.key for a in found]
+
+    assert "prediction-summary" in asyncio.run(artifact_keys())
