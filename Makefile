@@ -13,12 +13,14 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 demo: $(VENV)/.installed-demo
 	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
 
+# Two workers, a test file each at a time (module fixtures such as servers stay within one worker):
+# many tests wait on servers, workers and subprocesses, so two share the 2-core box well.
 test: $(VENV)/.installed-test
-	$(OFFLINE) $(BIN)/python -m pytest
+	$(OFFLINE) $(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Everything but the end-to-end tests (servers, worker, browser, torchrun, benchmark scripts).
 test-fast: $(VENV)/.installed-test
-	$(OFFLINE) $(BIN)/python -m pytest -m "not slow"
+	$(OFFLINE) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 # A local Prefect server (SQLite), the `gpu` process pool, the deployments and a worker; prints the UI.
 serve: $(VENV)/.installed-demo

@@ -10,6 +10,7 @@ create --webhook URL` saves the default one, a JSON webhook: {"subject": ..., "b
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from prefect import get_client
@@ -18,16 +19,21 @@ log = logging.getLogger(__name__)
 DEFAULT_BLOCK = "custom-webhook/nerflow-alerts"
 
 
-def failed_tasks(flow_run_id) -> list[str]:
+def failed_tasks(flow_run_id, wait_s: float = 10.0) -> list[str]:
+    """Names of the run's failed tasks. Task states reach the server as events, recorded a moment
+    later, so a run that just failed may not show its failed task yet: ask again for up to wait_s."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType
     from prefect.client.schemas.objects import StateType
-
     failed = TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED]))
+    deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), task_run_filter=TaskRunFilter(state=failed)
-        )
-    return sorted({r.name.rsplit("-", 1)[0] for r in runs})
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), task_run_filter=TaskRunFilter(state=failed)
+            )
+            if runs or time.monotonic() > deadline:
+                return sorted({r.name.rsplit("-", 1)[0] for r in runs})
+            time.sleep(0.5)
 
 
 def alert_text(flow_run, state, tasks: list[str]) -> tuple[str, str]:
@@ -48,19 +54,17 @@ def alert_text(flow_run, state, tasks: list[str]) -> tuple[str, str]:
     return f"nerflow run {flow_run.name} {state.name.lower()}", body
 
 
-def notify(block_name: str | None, subject: str, body: str) -> bool:
-    """Send through the named notification block; False (and a warning) without one."""
+def load_notifier(block_name: str | None):
+    """The named notification block, or None (logged) when there is none."""
     if not block_name:
-        return False
+        return None
     from prefect.blocks.core import Block
 
     try:
-        block = Block.load(block_name, _sync=True)
+        return Block.load(block_name, _sync=True)
     except ValueError:
         log.info("no notification block %r: no alert sent", block_name)
-        return False
-    block.notify(body=body, subject=subject, _sync=True)
-    return True
+        return None
 
 
 def alert_block(parameters: dict[str, Any]) -> str | None:
@@ -75,8 +79,10 @@ def on_run_failure(flow, flow_run, state) -> None:
     """Prefect flow hook (on_failure, on_crashed): one alert for the run. Never raises: an alert that
     cannot be sent must not change how the run ended."""
     try:
-        subject, body = alert_text(flow_run, state, failed_tasks(flow_run.id))
-        if notify(alert_block(flow_run.parameters or {}), subject, body):
+        notifier = load_notifier(alert_block(flow_run.parameters or {}))
+        if notifier is not None:
+            subject, body = alert_text(flow_run, state, failed_tasks(flow_run.id))
+            notifier.notify(body=body, subject=subject, _sync=True)
             log.info("alert sent for run %s", flow_run.name)
     except Exception as e:  # the run's outcome stands; the log says why no alert went out
         log.warning("could not send the alert for run %s: %s", flow_run.name, type(e).__name__)

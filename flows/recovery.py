@@ -43,10 +43,12 @@ def restart_crashed_run(flow_run_id: str, max_restarts: int = 1) -> RecoveryResu
 
 def give_up_alert(run) -> None:
     """The run crashed again after its restart: a person is needed (the run's own hooks could not run)."""
-    from flows.alerts import alert_block, alert_text, notify
+    from flows.alerts import alert_block, alert_text, load_notifier
 
-    subject, body = alert_text(run, run.state, [])
-    notify(alert_block(run.parameters or {}), subject, body + "\nrestarted once already: not restarted again")
+    notifier = load_notifier(alert_block(run.parameters or {}))
+    if notifier is not None:
+        subject, body = alert_text(run, run.state, [])
+        notifier.notify(body=body + "\nrestarted once already: not restarted again", subject=subject, _sync=True)
 
 
 @flow(name="recover_crashed_run", description="Schedule a crashed training run again, once; it resumes from its last checkpoint.")

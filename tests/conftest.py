@@ -21,6 +21,10 @@ os.environ.update(
         "DO_NOT_TRACK": "1",
     }
 )
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core box: one math thread each (and in the processes they
+    # start) keeps them from fighting over the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("PREFECT_API_URL", None)  # tests use their own temporary server
@@ -160,7 +164,7 @@ def sample_dir() -> Path:
     return SAMPLE_DIR
 
 
-def tiny_run_settings(tiny_bert: Path, output_dir: Path, **sections):
+def tiny_run_settings(tiny_bert: Path, runs_root: Path, /, **sections):
     """Run settings for a seconds-long run: tiny BERT, 64 train / 32 eval sentences of the sample;
     `sections` override (a dict updates a section, anything else replaces the field)."""
     from flows.settings import RunSettings
@@ -170,7 +174,7 @@ def tiny_run_settings(tiny_bert: Path, output_dir: Path, **sections):
         "model": {"checkpoint": str(tiny_bert)},
         "tokenize": {"max_length": 64},
         "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 5e-3, "logging_steps": 4},
-        "output_dir": str(output_dir),
+        "output_dir": str(runs_root),
     }
     for key, value in sections.items():
         if isinstance(value, dict):

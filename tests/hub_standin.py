@@ -41,18 +41,28 @@ class Commit:
 
 
 @dataclass
+class PullRequest:
+    title: str
+    date: str
+    commits: list[Commit] = field(default_factory=list)  # pushed to refs/pr/N
+
+    def summary(self, repo_id: str, num: int) -> dict:
+        return {"num": num, "title": self.title, "status": "open", "isPullRequest": True, "author": {"name": "nerflow"},
+                "createdAt": self.date, "repo": {"name": repo_id, "type": "model"}}  # fmt: skip
+
+    def details(self, repo_id: str, num: int) -> dict:
+        return self.summary(repo_id, num) | {"events": [], "changes": {"base": "refs/heads/main"}, "filesWithConflicts": [], "diff": ""}
+
+
+@dataclass
 class Repo:
     private: bool
     commits: list[Commit] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
-    pull_requests: list[Commit] = field(default_factory=list)
+    pull_requests: list[PullRequest] = field(default_factory=list)
 
     def discussions(self, repo_id: str) -> list[dict]:
-        return [
-            {"num": n, "title": pr.title, "status": "open", "isPullRequest": True, "author": {"name": "nerflow"},
-             "createdAt": pr.date, "repo": {"name": repo_id, "type": "model"}}
-            for n, pr in enumerate(self.pull_requests, start=1)
-        ]  # fmt: skip
+        return [pr.summary(repo_id, n) for n, pr in enumerate(self.pull_requests, start=1)]
 
     @property
     def files(self) -> dict[str, bytes]:
@@ -135,6 +145,10 @@ class HubStandIn:
             def _error(self, status: int, message: str):
                 self._send(status, {"error": message}, headers={"X-Error-Message": message})
 
+            def _no_repo(self):
+                # The real Hub says which 404 this is; huggingface_hub raises RepositoryNotFoundError on it.
+                self._send(404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+
             def _injected_failure(self) -> bool:
                 with hub._lock:
                     for failure in hub._failures:
@@ -180,12 +194,12 @@ class HubStandIn:
                     repo_id, action, rest = f"{parts[2]}/{parts[3]}", parts[4], parts[5:]
                     repo = hub.repos.get(repo_id)
                     if repo is None:
-                        return self._error(404, "Repository not found")
+                        return self._no_repo()
                     return self._repo_api(repo_id, repo, action, rest, body)
                 if len(parts) >= 4 and parts[2] == "resolve":
                     repo = hub.repos.get(f"{parts[0]}/{parts[1]}")
                     if repo is None:
-                        return self._error(404, "Repository not found")
+                        return self._no_repo()
                     name = "/".join(parts[4:])
                     if name not in repo.files:
                         return self._send(404, {"error": "Entry not found"}, headers={"X-Error-Code": "EntryNotFound"})
@@ -236,10 +250,9 @@ class HubStandIn:
                         },
                     )
                 if action == "commit":
-                    return self._commit(repo_id, repo, body)
+                    return self._commit(repo_id, repo, body, rest)
                 if action == "discussions":
-                    found = repo.discussions(repo_id)
-                    return self._send(200, {"discussions": found, "count": len(found), "start": 0, "numClosedDiscussions": 0})
+                    return self._discussions(repo_id, repo, rest, body)
                 if action == "commits":
                     return self._send(
                         200,
@@ -266,7 +279,21 @@ class HubStandIn:
                     return self._send(200, {})
                 return self._error(404, f"no repo action {action}")
 
-            def _commit(self, repo_id, repo: Repo, body: bytes):
+            def _discussions(self, repo_id, repo: Repo, rest, body: bytes):
+                if self.command == "POST" and not rest:  # open a pull request (commits follow to refs/pr/N)
+                    payload = json.loads(body)
+                    repo.pull_requests.append(PullRequest(title=payload["title"], date=_now()))
+                    n = len(repo.pull_requests)
+                    return self._send(200, {"num": n, "pullRequest": payload.get("pullRequest", False), "url": f"{hub.url}/{repo_id}/discussions/{n}"})
+                if rest:
+                    n = int(rest[0])
+                    if not 1 <= n <= len(repo.pull_requests):
+                        return self._error(404, f"no discussion {n}")
+                    return self._send(200, repo.pull_requests[n - 1].details(repo_id, n))
+                found = repo.discussions(repo_id)
+                return self._send(200, {"discussions": found, "count": len(found), "start": 0, "numClosedDiscussions": 0})
+
+            def _commit(self, repo_id, repo: Repo, body: bytes, revision: list[str]):
                 lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
                 header = next(item["value"] for item in lines if item["key"] == "header")
                 parent = header.get("parentCommit")
@@ -287,14 +314,15 @@ class HubStandIn:
                     files=files,
                     date=_now(),
                 )
-                if "create_pr=1" in self.path or self.headers.get("X-Create-Pr"):
-                    repo.pull_requests.append(commit)
-                    n = len(repo.pull_requests)
-                    return self._send(
-                        200,
-                        {"commitUrl": f"{hub.url}/{repo_id}/commit/{commit.oid}", "commitOid": commit.oid, "pullRequestUrl": f"{hub.url}/{repo_id}/discussions/{n}"},
-                    )
+                url = {"commitUrl": f"{hub.url}/{repo_id}/commit/{commit.oid}", "commitOid": commit.oid}
+                if revision[:2] == ["refs", "pr"]:  # a commit pushed to an open pull request
+                    n = int(revision[2])
+                    repo.pull_requests[n - 1].commits.append(commit)
+                    return self._send(200, url)
+                if "create_pr=1" in self.path:  # older clients: the commit opens the pull request itself
+                    repo.pull_requests.append(PullRequest(title=commit.title, date=commit.date, commits=[commit]))
+                    return self._send(200, url | {"pullRequestUrl": f"{hub.url}/{repo_id}/discussions/{len(repo.pull_requests)}"})
                 repo.commits.append(commit)
-                return self._send(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{commit.oid}", "commitOid": commit.oid})
+                return self._send(200, url)
 
         return Handler

@@ -15,7 +15,7 @@ from flows.settings import RunSettings
 from tasks.distributed import JOB_FILE, launch_distributed, torchrun_command
 from tasks.evaluate import evaluate_model
 from tasks.refs import TrainJob
-from tasks.storage import atomic_write_json
+from tasks.storage import SEAL, atomic_write_json
 
 pytestmark = pytest.mark.slow  # torchrun with two training processes
 
@@ -88,7 +88,7 @@ def test_ddp_run_killed_after_its_first_checkpoint_resumes(tmp_path, tiny_bert):
     )
     try:
         deadline = time.monotonic() + 240
-        while not list((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        while not list((run_dir / "checkpoints").glob(f"checkpoint-*/{SEAL}")):  # counted only once sealed
             assert proc.poll() is None, "training ended before its first checkpoint"
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -97,7 +97,8 @@ def test_ddp_run_killed_after_its_first_checkpoint_resumes(tmp_path, tiny_bert):
     finally:
         proc.wait(timeout=30)
     assert not (run_dir / "model").exists()
-    killed_at = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1].name
+    sealed = [p.parent for p in (run_dir / "checkpoints").glob(f"checkpoint-*/{SEAL}")]
+    killed_at = max(sealed, key=lambda p: int(p.name.split("-")[1])).name  # a later, unsealed one is not resumed from
 
     lines: list[str] = []
     ref = launch_distributed(job, lines.append)

@@ -212,7 +212,8 @@ def test_wandb_offline_run_folder(tiny_settings, tmp_path):
 
 
 def test_cli_kill_and_rerun_resumes(tiny_settings, tmp_path):
-    """A real SIGKILL of `nerflow train` after its first checkpoint; the same run name resumes."""
+    """A real SIGKILL of `nerflow train` after its first sealed checkpoint; the same run name resumes
+    from it (a checkpoint being written when the kill lands is unsealed, and removed on resume)."""
     from prefect.settings import PREFECT_API_URL
 
     s = tiny_settings(dataset={"max_train_samples": 2000}, train={"epochs": 3, "batch_size": 4}, run_name="killed")
@@ -225,14 +226,15 @@ def test_cli_kill_and_rerun_resumes(tiny_settings, tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        while not list(checkpoints.glob("checkpoint-*/.nerflow-complete.json")):
             assert proc.poll() is None, "training ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    first = sorted(p.name for p in checkpoints.glob("checkpoint-*"))[0]
+    sealed = [p.parent.name for p in checkpoints.glob("checkpoint-*/.nerflow-complete.json")]
+    first = max(sealed, key=lambda name: int(name.rsplit("-", 1)[1]))  # the newest sealed one
 
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
