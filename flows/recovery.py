@@ -24,19 +24,32 @@ class RecoveryResult(BaseModel):
     reason: str
 
 
+RESTART_MESSAGE = "nerflow: restarted after a crash"
+
+
 def restart_crashed_run(flow_run_id: str, max_restarts: int = 1) -> RecoveryResult:
-    """Schedule a crashed flow run again if it has been restarted fewer than max_restarts times."""
+    """Schedule a crashed flow run again if it has been restarted fewer than max_restarts times.
+
+    A killed run can be reported Crashed twice (by the process that ran it and, later, by the worker
+    that started that process), the second time after its restart was scheduled. Restarts this flow
+    scheduled are counted in the run's state history: while one has not reached Running yet, a crash
+    report is about the attempt it replaced, and nothing is done."""
     run_id = UUID(flow_run_id.removeprefix("prefect.flow-run."))
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
         state = run.state.type if run.state else None
         if state != StateType.CRASHED:
             return RecoveryResult(flow_run_id=str(run_id), restarted=False, reason=f"the run is {state}, not crashed")
+        restarts = sum(
+            s.type == StateType.SCHEDULED and (s.message or "").startswith(RESTART_MESSAGE) for s in client.read_flow_run_states(run_id)
+        )
         # run_count counts the attempts that reached Running: 1 for the first, 2 after one restart.
+        if restarts >= run.run_count:
+            return RecoveryResult(flow_run_id=str(run_id), restarted=False, reason="a late crash report: its restart is under way")
         if run.run_count > max_restarts:
             give_up_alert(run)
             return RecoveryResult(flow_run_id=str(run_id), restarted=False, reason=f"already restarted after {run.run_count} attempts")
-        message = f"nerflow: restarted after a crash (attempt {run.run_count + 1}); resumes from its last checkpoint"
+        message = f"{RESTART_MESSAGE} (attempt {run.run_count + 1}); resumes from its last checkpoint"
         client.set_flow_run_state(run_id, Scheduled(message=message), force=True)
     return RecoveryResult(flow_run_id=str(run_id), restarted=True, reason=message)
 

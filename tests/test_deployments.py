@@ -336,7 +336,7 @@ def test_a_training_run_killed_mid_epoch_is_restarted_once_and_resumes(stack):
         os.kill(pid, signal.SIGKILL)
     wait_for("the crash", lambda: read_run(stack, run_id)["run_count"] >= 2 or read_run(stack, run_id)["state_type"] == "CRASHED")
     final = wait_for("the restarted run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED") and r)
-    assert final["state_type"] == "COMPLETED" and final["run_count"] == 2, (final["state"], run_logs(stack, run_id)[-15:])
+    assert final["state_type"] == "COMPLETED" and final["run_count"] == 2, "\n".join([f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]])
     assert any(m.startswith("resuming training from") for m in run_logs(stack, run_id))
     (model,) = (stack["root"] / "runs").glob("*-killed-mid-epoch/model/model.safetensors")
     assert json.loads((model.parent.parent / "train_log.json").read_text())[-1]["epoch"] == 3.0
@@ -351,7 +351,7 @@ def test_a_server_killed_while_a_run_trains_is_restarted_and_the_run_completes(s
     wait_for("a new server", lambda: int((stack["root"] / "work" / "server.pid").read_text()) != server_pid)
     wait_for("the new server to answer", lambda: server_answers(stack), timeout_s=120)
     final = wait_for("the run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r)
-    assert final["state_type"] == "COMPLETED" and final["run_count"] == 1, (final["state"], run_logs(stack, run_id)[-15:])
+    assert final["state_type"] == "COMPLETED" and final["run_count"] == 1, "\n".join([f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]])
     assert list((stack["root"] / "runs").glob("*-server-restart/model/model.safetensors"))
 
 

@@ -151,3 +151,35 @@ class FailedState:
 
     def result(self, raise_on_failure: bool = True):
         return self.exc
+
+
+@pytest.mark.slow  # a Prefect server
+def test_a_late_second_crash_report_does_not_start_a_second_process():
+    """A killed run is reported Crashed by its runner and, later, by the worker: the second report
+    lands after the restart was scheduled and must not schedule it again (two processes of one flow
+    run would race for its folder). A real second crash, after the restart ran, is not restarted."""
+    from prefect import flow, get_client
+    from prefect.states import Crashed, Running
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.recovery import restart_crashed_run
+
+    @flow
+    def training():
+        pass
+
+    with prefect_test_harness(server_startup_timeout=120), get_client(sync_client=True) as client:
+        run = client.create_flow_run(training)
+        crash = lambda: client.set_flow_run_state(run.id, Crashed(message="killed"), force=True)  # noqa: E731
+        client.set_flow_run_state(run.id, Running(), force=True)
+        crash()
+        assert restart_crashed_run(str(run.id)).restarted
+        crash()  # the worker's late report about the attempt that was already replaced
+        late = restart_crashed_run(str(run.id))
+        assert not late.restarted and "under way" in late.reason
+        client.set_flow_run_state(run.id, Running(), force=True)  # the restart runs, then crashes for real
+        crash()
+        again = restart_crashed_run(str(run.id))
+        assert not again.restarted and "already restarted" in again.reason
+        scheduled = [s for s in client.read_flow_run_states(run.id) if s.type.value == "SCHEDULED"]
+        assert len(scheduled) == 1
