@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool_create.add_argument("--type", dest="pool_type", choices=["process", "docker", "kubernetes"], required=True)
     pool_create.add_argument("--name", default="gpu", help="pool name (the deployments use 'gpu')")
     pool_create.add_argument("--working-dir", help="process pools: folder the flow runs start in (runs/ goes there)")
+    pool_create.add_argument("--image", help="docker and kubernetes pools: the image flow runs start from (default nerflow-gpu:latest)")
+    pool_create.add_argument("--namespace", help="kubernetes pools: the namespace of the Jobs (default nerflow)")
     pool_create.add_argument("--overwrite", action="store_true", help="update the pool's template if it exists")
 
     sweep = sub.add_parser("sweep", help="train one run per point of a hyperparameter grid; publish the validation-best")
@@ -167,7 +169,8 @@ def cmd_train(settings: RunSettings) -> int:
 
     preflight(settings)
     with temporary_server_when_needed() as use_server:
-        from flows.finetune import INVALID_INPUT, finetune_ner  # the pipeline's libraries load while the server boots
+        from flows.finetune import finetune_ner  # the pipeline's libraries load while the server boots
+        from tasks.logs import INVALID_INPUT
 
         with use_server():
             state = finetune_ner(settings=settings, return_state=True)
@@ -241,8 +244,11 @@ def cmd_pool_create(args: argparse.Namespace) -> int:
 
     from flows.pools import create_pool
 
-    defaults = {"working_dir": str(Path(args.working_dir).resolve())} if args.working_dir else None
-    outcome = create_pool(args.name, args.pool_type, overwrite=args.overwrite, defaults=defaults)
+    given = {"working_dir": str(Path(args.working_dir).resolve()) if args.working_dir else None, "image": args.image, "namespace": args.namespace}
+    try:
+        outcome = create_pool(args.name, args.pool_type, overwrite=args.overwrite, fixed={k: v for k, v in given.items() if v})
+    except ValueError as e:
+        raise InputError(str(e)) from e
     print(f"work pool {args.name!r} ({args.pool_type}) {outcome}")
     return 0
 

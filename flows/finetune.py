@@ -15,18 +15,18 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, State
 from pydantic import BaseModel
 
 from flows.alerts import on_run_failure
 from flows.settings import RunSettings
-from tasks.caching import adopt_outputs, cached_or_rebuilt
+from tasks.caching import adopt_outputs, cached_or_rebuilt, ensure_result_storage
 from tasks.card import model_card_task, widget_predictions_task
 from tasks.evaluate import evaluate_task, metrics_exist
 from tasks.ingest import ingest_task
 from tasks.publish import publish_task
 from tasks.errors import InputError
-from tasks.logs import quiet_input_errors_on_console
+from tasks.logs import invalid_input, quiet_input_errors_on_console
 from tasks.policy import check_run_policy
 from tasks.storage import atomic_write_json, folder_lock
 from tasks.refs import TrackingRef, TrainJob
@@ -148,9 +148,6 @@ def summary_markdown(result: RunResult) -> str:
     )
 
 
-INVALID_INPUT = "Invalid input"  # the name of a run's Failed state when its data or settings are unusable
-
-
 @flow(
     name="finetune_ner",
     description="Fine-tune a BERT-family model for NER: ingest, tokenize, train, evaluate, card, publish.",
@@ -176,12 +173,12 @@ def finetune_ner(
         if handled := revision_already_handled(dataset_revision):
             get_run_logger().info(handled)
             return Completed(message=handled)
+        ensure_result_storage()
         run_name = resolve_run_name(settings)
         with run_folder(settings, run_name) as run_dir:
             return run_pipeline(settings, run_name, run_dir)
     except InputError as exc:
-        get_run_logger().error("%s", exc, exc_info=True)
-        return Failed(name=INVALID_INPUT, message=str(exc))
+        return invalid_input(exc)
 
 
 def run_pipeline(settings: RunSettings, run_name: str, run_dir: Path) -> RunResult | None:

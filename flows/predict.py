@@ -18,6 +18,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tasks import s3
+from tasks.errors import InputError
+from tasks.logs import invalid_input, quiet_input_errors_on_console
+from tasks.policy import check_predict_policy
 from tasks.predict_io import predict_file
 
 
@@ -60,6 +63,13 @@ def predict_ner(
     batch_size: int = 32,
     stride: int = 32,
 ) -> dict[str, Any]:
-    summary = predict_file_task(model_dir, input_path, output_path, input_format, labelled, batch_size, stride)
+    """The model folder, the input and the output must lie where this worker's policy allows
+    (tasks.policy), checked before anything is read; unusable input ends the run Failed "Invalid input"."""
+    quiet_input_errors_on_console()
+    try:
+        check_predict_policy(model_dir, input_path, output_path)
+        summary = predict_file_task(model_dir, input_path, output_path, input_format, labelled, batch_size, stride)
+    except InputError as exc:
+        return invalid_input(exc)
     create_table_artifact(key="prediction-summary", table=[{k: v for k, v in summary.items()}], description="Batch prediction")
     return summary

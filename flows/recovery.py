@@ -25,6 +25,7 @@ class RecoveryResult(BaseModel):
 
 
 RESTART_MESSAGE = "nerflow: restarted after a crash"
+TRAINING_FLOW = "finetune_ner"
 
 
 def restart_crashed_run(flow_run_id: str, max_restarts: int = 1) -> RecoveryResult:
@@ -37,6 +38,9 @@ def restart_crashed_run(flow_run_id: str, max_restarts: int = 1) -> RecoveryResu
     run_id = UUID(flow_run_id.removeprefix("prefect.flow-run."))
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
+        # A run starter may name any flow run here: only nerflow's training runs are ever restarted.
+        if (flow_name := client.read_flow(run.flow_id).name) != TRAINING_FLOW:
+            return RecoveryResult(flow_run_id=str(run_id), restarted=False, reason=f"a run of {flow_name!r}, not of {TRAINING_FLOW!r}: not restarted")
         state = run.state.type if run.state else None
         if state != StateType.CRASHED:
             return RecoveryResult(flow_run_id=str(run_id), restarted=False, reason=f"the run is {state}, not crashed")

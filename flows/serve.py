@@ -1,11 +1,14 @@
 """`nerflow serve` (and `make serve`): a local Prefect server, the `gpu` pool, the deployments and a
-worker, so a user can start runs from the UI. Everything listens on 127.0.0.1. With
-PREFECT_SERVER_API_AUTH_STRING (user:password) in the environment the API requires it (HTTP basic
-auth), and the worker and deploy step are given it."""
+worker, so a user can start runs from the UI. Everything listens on 127.0.0.1, and the API requires
+credentials (HTTP basic auth): PREFECT_SERVER_API_AUTH_STRING (user:password) when the operator sets
+it, else generated ones kept in a file only the operator can read. Without them any local user could
+read every Secret block through the API. The temporary server behind a local `nerflow train` gets
+one-off credentials of its own for the same reason."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from flows.pools import create_pool
+from tasks.storage import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
@@ -49,6 +53,7 @@ def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.P
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        umask=0o077,  # a database it creates (Secret blocks included) is readable by the operator only
     )
 
 
@@ -103,9 +108,9 @@ def temporary_server_when_needed() -> Iterator[Callable[[], AbstractContextManag
     """Prefect's temporary local server for a run when no Prefect API is configured, started early.
 
     Left to itself, a flow run with no PREFECT_API_URL imports the server's code in-process and then
-    waits for the server to boot before its first task. Started here, the
-    same server (uvicorn with Prefect's app factory and the flags Prefect's SubprocessASGIServer sets,
-    on 127.0.0.1) boots in its own process while the caller imports the pipeline. Usage:
+    waits for the server to boot before its first task. Started here, the same server boots in its own
+    process while the caller imports the pipeline, on 127.0.0.1 and with one-off credentials that only
+    this process knows (another local user reads no Secret block through it). Usage:
 
         with temporary_server_when_needed() as use_server:
             from flows.finetune import finetune_ner   # imported while the server boots
@@ -113,7 +118,7 @@ def temporary_server_when_needed() -> Iterator[Callable[[], AbstractContextManag
                 finetune_ner(...)
 
     With an API configured (or ephemeral servers disabled) `use_server()` changes nothing."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
 
     current = get_current_settings()
     if current.api.url or not current.server.ephemeral.enabled:
@@ -121,25 +126,17 @@ def temporary_server_when_needed() -> Iterator[Callable[[], AbstractContextManag
         return
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    # Nothing leaves the machine: no analytics from this server unless the user asked for them.
-    env = {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        **os.environ,
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-    }
-    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
-    proc = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"], env=env, start_new_session=True
-    )
+    # One-off credentials: another local user could otherwise read every Secret block through this API.
+    auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING") or f"nerflow:{secrets.token_urlsafe(24)}"
+    private_database(current.server.database.connection_url.get_secret_value() if current.server.database.connection_url else "")
+    proc = start_temporary_server(port, auth)
     print(f"Starting temporary Prefect server on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
 
     @contextmanager
     def use_server() -> Iterator[None]:
         wait_healthy(api_url, timeout_s=max(60, current.server.ephemeral.startup_timeout_seconds), proc=proc)
         # No UI URL: this server has no UI and is gone a second after the run, so no "View at" link.
-        with temporary_settings({PREFECT_API_URL: api_url, PREFECT_UI_URL: ""}):
+        with temporary_settings({PREFECT_API_URL: api_url, PREFECT_UI_URL: "", PREFECT_API_AUTH_STRING: auth}):
             try:
                 yield
             finally:  # send buffered logs and events while the server is still there
@@ -154,6 +151,56 @@ def temporary_server_when_needed() -> Iterator[Callable[[], AbstractContextManag
     finally:
         stop_process(proc)
         print(f"Stopped temporary Prefect server on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+
+
+def start_temporary_server(port: int, auth: str) -> subprocess.Popen:
+    """uvicorn with Prefect's app factory and the flags Prefect's SubprocessASGIServer sets, on 127.0.0.1,
+    requiring `auth`."""
+    # Nothing leaves the machine: no analytics from this server unless the user asked for them.
+    env = {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        "PREFECT_SERVER_API_AUTH_STRING": auth,  # in the environment, which only this user can read
+    }
+    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+    return subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],
+        env=env,
+        start_new_session=True,
+        umask=0o077,  # the database it creates (Secret blocks included) is readable by this user only
+    )
+
+
+def private_database(url: str) -> None:
+    """A SQLite database that already exists (Prefect's default, in PREFECT_HOME) made readable by its
+    owner only: it holds the Secret blocks."""
+    if url.startswith("sqlite") and ":///" in url:
+        database = Path(url.split(":///", 1)[1])
+        for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+            if path.exists():
+                path.chmod(0o600)
+
+
+AUTH_FILE = "nerflow-api-auth"
+
+
+def serve_credentials(home: Path) -> tuple[str, str]:
+    """(user:password, where they come from) for the API of `nerflow serve`: the operator's
+    PREFECT_SERVER_API_AUTH_STRING, else credentials generated once and kept in HOME/nerflow-api-auth,
+    readable by the operator only, so the UI login stays the same across restarts."""
+    if auth := os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        return auth, "PREFECT_SERVER_API_AUTH_STRING"
+    path = home / AUTH_FILE
+    if not path.is_file():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"nerflow:{secrets.token_urlsafe(24)}\n")
+    path.chmod(0o600)
+    return path.read_text().strip(), str(path)
 
 
 # Leases of deployment concurrency limits on disk (PREFECT_HOME/concurrency_leases), not in the
@@ -171,7 +218,7 @@ class Supervised:
 
     def _launch(self) -> subprocess.Popen:
         proc = self.start()
-        self.pid_file.write_text(f"{proc.pid}\n")
+        atomic_write_text(self.pid_file, f"{proc.pid}\n")  # a reader never sees it empty
         return proc
 
     def check(self) -> bool:
@@ -200,9 +247,14 @@ def serve(port: int, pool: str, prefect_file: Path, workdir: Path, home: Path | 
     env = {**PERSISTENT_LEASES, **os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url}
     if home is not None:
         env["PREFECT_HOME"] = str(home)
-    if auth := env.get("PREFECT_SERVER_API_AUTH_STRING"):
-        env["PREFECT_API_AUTH_STRING"] = auth  # the worker, `prefect deploy` and this process's own calls
-    server = Supervised("Prefect server", lambda: start_server(port, env, workdir / "server.log"), workdir / "server.pid")
+    prefect_home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    private_database(env.get("PREFECT_API_DATABASE_CONNECTION_URL") or f"sqlite+aiosqlite:///{prefect_home}/prefect.db")
+    auth, where = serve_credentials(prefect_home)
+    # The server requires them; the worker, `prefect deploy` and this process's own calls send them.
+    env = {k: v for k, v in env.items() if k != "PREFECT_SERVER_API_AUTH_STRING"} | {"PREFECT_API_AUTH_STRING": auth}
+    server_env = env | {"PREFECT_SERVER_API_AUTH_STRING": auth}
+    print(f"API auth on: user:password from {where}" + (" (readable by you only)" if where != "PREFECT_SERVER_API_AUTH_STRING" else ""), flush=True)
+    server = Supervised("Prefect server", lambda: start_server(port, server_env, workdir / "server.log"), workdir / "server.pid")
     worker = None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -234,5 +286,5 @@ def set_up_deployments(api_url: str, env: dict[str, str], pool: str, prefect_fil
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: env.get("PREFECT_API_AUTH_STRING")}):
-        create_pool(pool, "process", overwrite=True, defaults={"working_dir": str(workdir)})
+        create_pool(pool, "process", overwrite=True, fixed={"working_dir": str(workdir)})
     deploy(prefect_file, env)

@@ -28,8 +28,10 @@ from pydantic import BaseModel, ValidationError
 
 from flows.finetune import finetune_ner
 from flows.pools import SWEEP_QUEUE
+from tasks.caching import ensure_result_storage
 from tasks.errors import InputError
 from tasks.ingest import ingest_task
+from tasks.policy import policy_problems, refuse
 from tasks.publish import PublishResult, publish_task
 from tasks.settings import RunSettings, SettingsError, apply_overrides, describe_validation_error
 from tasks.tokenize import tokenize_task
@@ -78,6 +80,15 @@ def trial_settings(base: RunSettings, grid: dict[str, list[Any]], name: str) -> 
         except ValidationError as e:
             raise SettingsError(describe_validation_error(e, f"sweep trial {number} {overrides}")) from e
     return trials
+
+
+def check_sweep_policy(settings: RunSettings, trials: list[tuple[dict[str, Any], RunSettings]]) -> None:
+    """The policy for the sweep's settings and every trial's (a grid value may name a place or code),
+    every problem named once, before any work."""
+    problems: list[str] = []
+    for checked in [settings, *(trial for _, trial in trials)]:
+        problems += [p for p in policy_problems(checked) if p not in problems]
+    refuse(problems)
 
 
 def warm_caches(trials: list[tuple[dict[str, Any], RunSettings]]) -> None:
@@ -137,6 +148,8 @@ def sweep_ner(
 ) -> SweepResult:
     name = name or f"sweep-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     trials = trial_settings(settings, grid, name)
+    check_sweep_policy(settings, trials)
+    ensure_result_storage()
     logger = get_run_logger()
     logger.info("sweep %s: %d trial(s) over %s", name, len(trials), sorted(grid))
     warm_caches(trials)

@@ -18,6 +18,7 @@ from prefect.variables import Variable
 from pydantic import BaseModel
 
 from flows.settings import DatasetSettings
+from tasks.policy import check_dataset_policy
 from tasks.sources import source_revision
 from tasks.retry import REVISION_CHECK_TIMEOUT_S, TASK_RETRIES, network_retry_condition
 
@@ -63,6 +64,7 @@ def read_revision(dataset: DatasetSettings) -> str:
 @flow(name="watch_dataset", description="Emit nerflow.dataset.updated when the dataset's revision changes.")
 def watch_dataset(dataset: DatasetSettings, name: str) -> WatchResult:
     check_name(name)
+    check_dataset_policy(dataset)
     revision = read_revision(dataset)
     key = variable_name(name)
     previous = Variable.get(key, default=None)

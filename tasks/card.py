@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
 from tasks.settings import RunSettings
-from tasks.caching import fingerprint, model_identity
+from tasks.caching import JSON_RESULTS, fingerprint, model_identity
 from tasks.metrics import DECODING_NOTE, SUBWORD_NOTE, WORD_LEVEL_NOTE, per_entity_table
 from tasks.plots import CONFUSION_MATRIX, TRAINING_CURVES, confusion_png, training_curves_png
 from tasks.refs import CardRef, DatasetRef, EvaluationRef, ModelRef, TokenizedRef
@@ -275,6 +275,6 @@ def model_card_task(
     return ref
 
 
-@task(name="widget-predictions", cache_policy=CacheKeyFnPolicy(cache_key_fn=_widget_cache_key), persist_result=True, result_serializer="json")
+@task(name="widget-predictions", cache_policy=CacheKeyFnPolicy(cache_key_fn=_widget_cache_key), **JSON_RESULTS)
 def widget_predictions_task(model: ModelRef, examples: list[str]) -> list[dict[str, Any]]:
     return widget_predictions(model.path, examples)

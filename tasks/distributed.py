@@ -55,6 +55,18 @@ def torchrun_command(train: TrainSettings, run_name: str, job_file: Path) -> lis
     return cmd + ["-m", "tasks.train", str(job_file)]
 
 
+def prefect_api_environment() -> dict[str, str]:
+    """The Prefect API this process talks to, for the training processes (rank 0 reports progress):
+    without it each would start a Prefect server of its own, one with no credentials."""
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    env = {"PREFECT_API_URL": api.url} if api.url else {}
+    if api.auth_string:
+        env["PREFECT_API_AUTH_STRING"] = api.auth_string.get_secret_value()
+    return env
+
+
 def launch_distributed(job: TrainJob, log_line: Callable[[str], None] = print) -> ModelRef | None:
     """Run train_model under torchrun; return rank 0's ModelRef (None on the other nodes)."""
     run_dir = Path(job.run_dir).resolve()
@@ -66,7 +78,8 @@ def launch_distributed(job: TrainJob, log_line: Callable[[str], None] = print) -
     cmd = torchrun_command(job.hparams, job.run_name, job_file)
     log_line("launching: " + " ".join(cmd[1:]))
     # Same process group: killing the task (or its parent) takes the training processes with it.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    env = {**os.environ, **prefect_api_environment()}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     assert proc.stdout is not None
     for line in proc.stdout:
         log_line(line.rstrip())

@@ -17,7 +17,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from tasks.batching import pad_multiple, resolve_batching
-from tasks.caching import fingerprint, model_identity
+from tasks.caching import JSON_RESULTS, fingerprint, model_identity
 from tasks.inference import SplitPredictions, choose_device, predict_tokenized
 from tasks.metrics import (
     DECODING_NOTE,
@@ -127,7 +127,7 @@ def _evaluate_cache_key(context, inputs: dict[str, Any]) -> str:
     )
 
 
-@task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_evaluate_cache_key), persist_result=True, result_serializer="json")
+@task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_evaluate_cache_key), **JSON_RESULTS)
 def evaluate_task(model: ModelRef, tokenized: TokenizedRef, run_dir: str, batch_size: int, decoding: str) -> EvaluationRef:
     ev = evaluate_model(model, tokenized, Path(run_dir), batch_size, decoding)
     test = ev.test

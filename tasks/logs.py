@@ -38,6 +38,19 @@ class _InputErrorsWithoutTraceback(logging.Formatter):
             record.exc_info, record.exc_text = saved
 
 
+INVALID_INPUT = "Invalid input"  # the name of a run's Failed state when its data or settings are unusable
+
+
+def invalid_input(exc: Exception):
+    """The Failed state of a run whose data or settings cannot be used: the message is the state's,
+    the traceback goes to the run's log only."""
+    from prefect.logging import get_run_logger
+    from prefect.states import Failed
+
+    get_run_logger().error("%s", exc, exc_info=True)
+    return Failed(name=INVALID_INPUT, message=str(exc))
+
+
 def quiet_input_errors_on_console() -> None:
     """Drop InputError tracebacks from Prefect's console handlers (idempotent)."""
     from prefect.logging.handlers import PrefectConsoleHandler

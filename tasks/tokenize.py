@@ -20,6 +20,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from tasks.alignment import align_labels, b_to_i_map
+from tasks.caching import JSON_RESULTS
 from tasks.checkpoints import load_tokenizer, tokenizer_fingerprint
 from tasks.refs import SPLIT_ROLES, DatasetRef, TokenizedRef
 from tasks.settings import AlignmentStrategy, ModelSettings, TokenizeSettings
@@ -194,8 +195,7 @@ def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
 @task(
     name="tokenize",
     cache_policy=CacheKeyFnPolicy(cache_key_fn=_cache_key),
-    persist_result=True,
-    result_serializer="json",  # references are pydantic models: no pickle a shared result store could turn into code
+    **JSON_RESULTS,
     retry_condition_fn=network_retry_condition,  # the tokenizer may come from the Hub
     **TASK_RETRIES,
 )

@@ -22,7 +22,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from tasks.batching import pad_multiple, resolve_batching
-from tasks.caching import fingerprint
+from tasks.caching import JSON_RESULTS, fingerprint
 from tasks.distributed import RESULT_FILE, launch_distributed, world_size
 from tasks.inference import choose_device
 from tasks.logs import run_logger
@@ -303,8 +303,7 @@ def _train_cache_key(context, inputs: dict[str, Any]) -> str:
 @task(
     name="train",
     cache_policy=CacheKeyFnPolicy(cache_key_fn=_train_cache_key),
-    persist_result=True,
-    result_serializer="json",  # references are pydantic models: no pickle a shared result store could turn into code
+    **JSON_RESULTS,
     retries=1,
     retry_delay_seconds=10,
     retry_condition_fn=unless_deterministic,

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,18 +36,27 @@ def deployment_spec(root: Path, tiny_bert: Path) -> dict:
 AUTH = "nerflow:e2e-" + os.urandom(6).hex()  # the API's user:password in the end-to-end stack
 
 
-def auth_header() -> dict[str, str]:
+def auth_header(auth: str = AUTH) -> dict[str, str]:
     import base64
 
-    return {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+def generated_auth(root: Path) -> str:
+    """The credentials `nerflow serve` generated for a stack started without PREFECT_SERVER_API_AUTH_STRING."""
+    from flows.serve import AUTH_FILE
+
+    return (root / "prefect-home" / AUTH_FILE).read_text().strip()
 
 
 def start_serve(root: Path, spec: dict, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    """Write the spec, start `nerflow serve` and wait until it prints the UI address."""
+    """Write the spec, start `nerflow serve` and wait until it prints the UI address. The worker's
+    policy (the operator's) allows the test's temporary folders and the bundled sample."""
     prefect_file = root / "prefect.yaml"
     prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     port = free_port()
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1", **(extra_env or {})}
+    roots = os.pathsep.join([str(root.parent), str(SAMPLE_DIR)])
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1", "NERFLOW_ALLOWED_ROOTS": roots, **(extra_env or {})}
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port), "--prefect-file", str(prefect_file),
            "--workdir", str(root / "work"), "--home", str(root / "prefect-home")]
@@ -54,6 +66,7 @@ def start_serve(root: Path, spec: dict, extra_env: dict[str, str] | None = None)
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("Prefect UI:"):
+            proc.startup_lines = lines  # what `nerflow serve` said before it was ready
             return proc, port
         assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
     pytest.fail("nerflow serve ended before it was ready:\n" + "".join(lines))
@@ -67,3 +80,57 @@ def stop_serve(proc: subprocess.Popen) -> int:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# --------------------------------------------------------------------------- the stack's API, as a client
+
+
+def api(base: str, method: str, path: str, body=None, attempts: int = 5, auth: str | None = AUTH):
+    """One JSON call (auth=None: without credentials); retried on 503, which a SQLite-backed server
+    answers while its database is busy."""
+    for attempt in range(attempts):
+        status, payload = _call(base, method, path, body, auth)
+        if status != 503:
+            break
+        time.sleep(1 + attempt)
+    return status, payload
+
+
+def _call(base: str, method: str, path: str, body=None, auth: str | None = AUTH):
+    req = urllib.request.Request(
+        f"{base}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json", **(auth_header(auth) if auth else {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def read_run(stack, run_id: str) -> dict:
+    status, run = api(stack["api"], "GET", f"/flow_runs/{run_id}", auth=stack.get("auth", AUTH))
+    assert status == 200, run
+    return run
+
+
+def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5, describe=lambda: ""):
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what} {describe()}"
+        time.sleep(every_s)
+    return found
+
+
+def finished_run(stack, run_id: str, timeout_s: float = 300) -> dict:
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    return wait_for(f"run {run_id} to finish", lambda: (r := read_run(stack, run_id))["state_type"] in final and r, timeout_s)
+
+
+def run_logs(stack, run_id: str) -> list[str]:
+    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+    status, logs = api(stack["api"], "POST", "/logs/filter", body, auth=stack.get("auth", AUTH))
+    assert status == 200, logs
+    return [entry["message"] for entry in logs]

@@ -287,7 +287,7 @@ def broken_labels(draw) -> bytes:
     elif kind == "blank":
         names.insert(draw(st.integers(1, len(names) - 1)), draw(st.sampled_from(["", " ", "\t"])))
     elif kind == "not-iob":
-        names.insert(draw(st.integers(0, len(names))), draw(st.text(alphabet=string.ascii_letters + "-_ ", min_size=1, max_size=8).filter(lambda t: not (t.strip() == "O" or t.strip()[:2] in ("B-", "I-")))))
+        names.insert(draw(st.integers(0, len(names))), draw(st.text(alphabet=string.ascii_letters + "-_ ", min_size=1, max_size=8).filter(lambda t: t.strip() and not (t.strip() == "O" or t.strip()[:2] in ("B-", "I-")))))
     elif kind == "no-o":
         names.remove("O")
     elif kind == "not-utf8":

@@ -12,42 +12,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import zlib
 from pathlib import Path
 
 import pytest
 
 from conftest import SAMPLE_DIR
-from serve_stack import AUTH, auth_header, deployment_spec, start_serve, stop_serve
+from serve_stack import AUTH, api, deployment_spec, read_run, run_logs, start_serve, stop_serve, wait_for
 
 pytestmark = pytest.mark.slow  # a real Prefect server, work pool, deployments and worker
 
 DEPLOYMENT = "finetune_ner/wikiann-bn"
-
-
-def api(base: str, method: str, path: str, body=None, attempts: int = 5):
-    """One JSON call; retried on 503, which a SQLite-backed server answers while its database is busy."""
-    for attempt in range(attempts):
-        status, payload = _call(base, method, path, body)
-        if status != 503:
-            break
-        time.sleep(1 + attempt)
-    return status, payload
-
-
-def _call(base: str, method: str, path: str, body=None, authenticated: bool = True):
-    req = urllib.request.Request(
-        f"{base}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Content-Type": "application/json", **(auth_header() if authenticated else {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +105,9 @@ def flow_runs(stack, **state_filter) -> list[dict]:
 
 
 def test_the_api_requires_its_credentials(stack):
-    assert _call(stack["api"], "POST", "/flows/filter", {}, authenticated=False)[0] == 401
-    assert _call(stack["api"], "POST", "/flows/filter", {})[0] == 200
-    assert _call(stack["api"], "GET", "/health", authenticated=False)[0] == 200  # probes stay open
+    assert api(stack["api"], "POST", "/flows/filter", {}, auth=None)[0] == 401
+    assert api(stack["api"], "POST", "/flows/filter", {})[0] == 200
+    assert api(stack["api"], "GET", "/health", auth=None)[0] == 200  # probes stay open
 
 
 def test_deployment_shape(stack):
@@ -249,21 +224,23 @@ def test_pool_kinds_from_templates(stack):
 
     with temporary_settings({PREFECT_API_URL: stack["api"], PREFECT_API_AUTH_STRING: AUTH}):
         for kind in ("docker", "kubernetes"):
-            assert create_pool(f"gpu-{kind}", kind) == "created"
+            assert create_pool(f"gpu-{kind}", kind, fixed={"image": "registry.team/nerflow:1"}) == "created"
     status, docker = api(stack["api"], "GET", "/work_pools/gpu-docker")
-    variables = docker["base_job_template"]["variables"]["properties"]
     assert docker["type"] == "docker"
-    kwargs = variables["container_create_kwargs"]["default"]
+    fixed = docker["base_job_template"]["job_configuration"]
+    assert fixed["image"] == "registry.team/nerflow:1" and fixed["privileged"] is False
+    kwargs = fixed["container_create_kwargs"]
     assert kwargs["device_requests"][0]["Capabilities"] == [["gpu"]] and kwargs["shm_size"]
-    assert any(v.endswith("/.cache/huggingface") for v in variables["volumes"]["default"])
+    assert any(v.endswith("/.cache/huggingface") for v in fixed["volumes"])
+    assert set(docker["base_job_template"]["variables"]["properties"]) == {"name", "stream_output", "mem_limit"}
     status, k8s = api(stack["api"], "GET", "/work_pools/gpu-kubernetes")
     manifest = k8s["base_job_template"]["job_configuration"]["job_manifest"]
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus_per_pod }}"
-    assert manifest["spec"]["template"]["spec"]["tolerations"] == "{{ tolerations }}"
+    assert container["image"] == "registry.team/nerflow:1" and manifest["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     status, process = api(stack["api"], "GET", "/work_pools/gpu")
-    assert process["base_job_template"]["variables"]["properties"]["working_dir"]["default"] == str(stack["root"] / "work")
-
+    assert process["base_job_template"]["job_configuration"]["working_dir"] == str(stack["root"] / "work")
+    assert process["base_job_template"]["variables"]["additionalProperties"] is False
 
 
 # ------------------------------------------------------------------------------------------- faults
@@ -280,20 +257,6 @@ def long_run(stack, name: str) -> str:
     )
     assert status == 201, run
     return run["id"]
-
-
-def read_run(stack, run_id: str) -> dict:
-    status, run = api(stack["api"], "GET", f"/flow_runs/{run_id}")
-    assert status == 200, run
-    return run
-
-
-def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5, describe=lambda: ""):
-    deadline = time.monotonic() + timeout_s
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what} {describe()}"
-        time.sleep(every_s)
-    return found
 
 
 def server_answers(stack) -> bool:
@@ -318,12 +281,6 @@ def flow_run_processes(run_id: str) -> list[int]:
         except OSError:
             continue
     return pids
-
-
-def run_logs(stack, run_id: str) -> list[str]:
-    status, logs = api(stack["api"], "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    assert status == 200, logs
-    return [entry["message"] for entry in logs]
 
 
 def test_a_training_run_killed_mid_epoch_is_restarted_once_and_resumes(stack):

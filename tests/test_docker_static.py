@@ -81,7 +81,11 @@ def test_pool_templates_are_valid_and_documented():
         assert "gpu" in raw["description"] and f"--type {kind}" in raw["description"]
         template = load_template(kind)
         referenced = set(re.findall(r"\{\{ (\w+) \}\}", json.dumps(template["job_configuration"])))
-        assert referenced <= set(template["variables"]["properties"]), kind
+        variables = template["variables"]
+        assert referenced == set(variables["properties"]), kind  # every variable a run may set is used, no other
+        # The server refuses any other job variable; command, env, image and the like are not variables.
+        assert variables["additionalProperties"] is False
+        assert not {"command", "env", "image", "privileged", "volumes", "namespace", "cluster_config", "working_dir"} & referenced
 
 
 def test_kubernetes_pool_keeps_runs_on_a_volume_and_runs_locked_down():
@@ -93,10 +97,12 @@ def test_kubernetes_pool_keeps_runs_on_a_volume_and_runs_locked_down():
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
     # Run folders, checkpoints and caches outlive the pod: the work folder is a claim, not pod disk.
-    assert container["workingDir"] == "/home/nerflow/work" and claims[mounts["/home/nerflow/work"]] == "{{ work_claim }}"
-    assert claims[mounts["/home/nerflow/.cache/huggingface"]] == "{{ hf_cache_claim }}"
+    assert container["workingDir"] == "/home/nerflow/work" and claims[mounts["/home/nerflow/work"]] == "nerflow-work"
+    assert claims[mounts["/home/nerflow/.cache/huggingface"]] == "nerflow-hf-cache"
     assert container["resources"]["limits"]["memory"] == "{{ memory_limit }}"
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "NERFLOW_ALLOWED_ROOTS", "value": "/home/nerflow/work"} in container["env"]  # the operator's policy
     variables = template["variables"]["properties"]
-    assert {"work_claim", "memory_limit"} <= set(variables) and all(variables[v]["description"] for v in variables)
+    assert {"gpus_per_pod", "memory_limit"} <= set(variables) and all(variables[v]["description"] for v in variables)
+    assert "work_claim" not in variables and "tolerations" not in variables  # the operator's, not a run's

@@ -157,18 +157,27 @@ class FailedState:
 def test_a_late_second_crash_report_does_not_start_a_second_process():
     """A killed run is reported Crashed by its runner and, later, by the worker: the second report
     lands after the restart was scheduled and must not schedule it again (two processes of one flow
-    run would race for its folder). A real second crash, after the restart ran, is not restarted."""
+    run would race for its folder). A real second crash, after the restart ran, is not restarted; nor
+    is a crashed run of another flow (the recovery flow's parameter names any flow run)."""
     from prefect import flow, get_client
     from prefect.states import Crashed, Running
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.recovery import restart_crashed_run
 
-    @flow
+    @flow(name="finetune_ner")
     def training():
         pass
 
+    @flow(name="someone-elses-flow")
+    def other():
+        pass
+
     with prefect_test_harness(server_startup_timeout=120), get_client(sync_client=True) as client:
+        foreign = client.create_flow_run(other)
+        client.set_flow_run_state(foreign.id, Crashed(message="killed"), force=True)
+        assert "not restarted" in restart_crashed_run(str(foreign.id)).reason
+        assert client.read_flow_run(foreign.id).state.type.value == "CRASHED"
         run = client.create_flow_run(training)
         crash = lambda: client.set_flow_run_state(run.id, Crashed(message="killed"), force=True)  # noqa: E731
         client.set_flow_run_state(run.id, Running(), force=True)

@@ -85,3 +85,19 @@ def test_a_failing_trial_is_retried_then_marked_and_the_sweep_goes_on(sweep_sett
     failed = by_rate[5e-2]
     assert failed.state == "failed" and failed.attempts == 2 and "the GPU fell off the bus" in failed.message
     assert set(attempts) == {"faulty-t2"}
+
+
+def test_a_grid_value_outside_the_policy_refuses_the_sweep_before_any_trial(sweep_settings, tiny_bert, tmp_path, monkeypatch):
+    import os
+
+    from flows.sweep import sweep_ner
+    from tasks.policy import RunRefused
+
+    monkeypatch.setenv("NERFLOW_ALLOWED_ROOTS", os.pathsep.join([str(tmp_path), str(tiny_bert)]))
+    monkeypatch.setenv("NERFLOW_ALLOWED_PACKAGES", "")
+    grid = {"output_dir": [str(tmp_path / "runs"), "/etc/nerflow-sweep"], "model.checkpoint": ["package:os"]}
+    with pytest.raises(RunRefused) as refused:
+        sweep_ner(settings=sweep_settings, grid=grid, name="escape")
+    assert "output_dir='/etc/nerflow-sweep' is outside the allowed folders" in str(refused.value)
+    assert "model.checkpoint='package:os': package not in NERFLOW_ALLOWED_PACKAGES" in str(refused.value)
+    assert not (tmp_path / "runs").exists() and not Path("/etc/nerflow-sweep").exists()
