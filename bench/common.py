@@ -50,10 +50,12 @@ def nerflow_steps(settings, run_dir: Path, train: bool = True):
     (DatasetRef, TokenizedRef, ModelRef | None, EvaluationRef | None)."""
     from tasks.evaluate import evaluate_model
     from tasks.ingest import ingest_dataset
+    from tasks.logs import quiet_third_party
     from tasks.refs import TrainJob
     from tasks.tokenize import tokenize_dataset
     from tasks.train import train_model
 
+    quiet_third_party()
     cache = settings.resolved_cache_dir()
     dataset = ingest_dataset(settings.dataset, cache)
     tokenized = tokenize_dataset(dataset, settings.model, settings.tokenize, cache)

@@ -81,6 +81,7 @@ def settings_from_flags(args: argparse.Namespace, model: type[BaseModel], flags:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nerflow", description="Fine-tune BERT-family NER models with Prefect.")
+    parser.add_argument("--verbose", action="store_true", help="show the progress bars and load reports of datasets and transformers (NERFLOW_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run the finetune_ner flow")
@@ -135,33 +136,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_predict_parser(sub) -> None:
-    predict = sub.add_parser("predict", help="the entities a trained model finds, in sentences or a whole file")
+    _predict_options(sub.add_parser("predict", help="the entities a trained model finds, in sentences or a whole file"))
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    """`nerflow predict` on its own: its options may come anywhere on the line (parse_intermixed_args,
+    which a parser with subcommands cannot use)."""
+    return _predict_options(argparse.ArgumentParser(prog="nerflow predict", description="The entities a trained model finds."))
+
+
+def _predict_options(predict: argparse.ArgumentParser) -> argparse.ArgumentParser:
     predict.add_argument("model_dir", help="a run's model folder (RUN_DIR/model)")
     predict.add_argument("text", nargs="*", help="one or more sentences (or use --input)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    predict.add_argument("--input", help="file of documents: .txt (one per line), .jsonl (text or tokens), .conll")
-    predict.add_argument("--output", help="where to write one JSON line per input document (with --input)")
-    predict.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "conll"], help="input format (default: by extension)")
+    predict.add_argument("--input", help="file of documents: .txt (one per line, or word-per-line blocks), .jsonl (text or tokens), .conll, .csv/.tsv")
+    predict.add_argument("--output", help="where to write one JSON line per input document (with --input); a .conll output gets word-per-line tags")
+    predict.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "conll", "csv", "tsv"], help="input format (default: by extension and content)")
     predict.add_argument("--labelled", action="store_true", help="the input's tags are gold: also write OUTPUT.scores.json (seqeval, word level)")
+    predict.add_argument("--scheme", default="source", choices=["source", "iob1", "iob2", "bioes", "bilou", "io"], help="tagging scheme of the written tags (source: the one the model was trained from)")
     predict.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     predict.add_argument("--stride", type=int, default=32, help="subwords shared by consecutive windows of a long document")
+    return predict
 
 
 def preflight(settings: RunSettings) -> None:
-    """What can be checked in milliseconds before a server starts: the run policy, the local dataset
-    folder and its labels.txt. Raises InputError; the flow checks every row later."""
+    """What can be checked in seconds before a server starts: the run policy, that the dataset and the
+    checkpoint can be had (a folder that is there, a Hub id that exists, or is cached while offline),
+    a local folder's labels.txt. Raises InputError; the flow checks every row later."""
     from pathlib import Path
 
-    from tasks.errors import DatasetValidationError
+    from tasks.checkpoints import check_checkpoint
     from tasks.policy import check_run_policy
-    from tasks.sources import is_local_source, read_labels_file
+    from tasks.sources import check_source, is_local_source
+    from tasks.validation import labels_file_agreeing
 
     check_run_policy(settings)
+    check_source(settings.dataset)
     if is_local_source(settings.dataset):
-        folder = Path(settings.dataset.source).expanduser()
-        if not folder.is_dir():
-            raise DatasetValidationError([f"{folder}: dataset folder does not exist (dataset.source)"])
-        read_labels_file(folder)
+        labels_file_agreeing(settings.dataset, Path(settings.dataset.source).expanduser())
+    check_checkpoint(settings.model)
 
 
 def cmd_train(settings: RunSettings) -> int:
@@ -170,8 +183,9 @@ def cmd_train(settings: RunSettings) -> int:
     preflight(settings)
     with temporary_server_when_needed() as use_server:
         from flows.finetune import finetune_ner  # the pipeline's libraries load while the server boots
-        from tasks.logs import INVALID_INPUT
+        from tasks.logs import INVALID_INPUT, quiet_input_errors_on_console
 
+        quiet_input_errors_on_console(caller_prints=True)  # nerflow prints a bad input's message itself, once
         with use_server():
             state = finetune_ner(settings=settings, return_state=True)
     if state.is_failed():
@@ -197,7 +211,9 @@ def cmd_sweep(settings: RunSettings, args: argparse.Namespace) -> int:
     preflight(settings)
     with temporary_server_when_needed() as use_server:
         from flows.sweep import parse_grid, sweep_ner
+        from tasks.logs import quiet_input_errors_on_console
 
+        quiet_input_errors_on_console(caller_prints=True)
         grid = parse_grid(args.grid)
         with use_server():
             result = sweep_ner(settings=settings, grid=grid, name=args.name, deployment=args.deployment, max_parallel=args.parallel)
@@ -216,13 +232,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from tasks.publish import PublishError, publish_run
 
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run folder")
     publish = settings_from_flags(args, PublishSettings, PUBLISH_FLAGS, "publish options")
     model_name = args.model_name
     if not model_name:
         saved = run_dir / "settings.json"
         if not saved.is_file():
             raise SettingsError(f"{saved} not found: pass --model-name or a nerflow run folder")
-        run_settings = RunSettings.model_validate_json(saved.read_text(encoding="utf-8"))
+        try:
+            run_settings = RunSettings.model_validate_json(saved.read_text(encoding="utf-8"))
+        except ValidationError as e:
+            raise SettingsError(describe_validation_error(e, str(saved)) + "\n(pass --model-name to publish without it)") from e
         model_name = run_settings.model_copy(update={"publish": publish}).resolved_model_name()
     try:
         result = publish_run(run_dir, publish, model_name)
@@ -280,8 +301,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_predict_file(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from tasks.logs import quiet_third_party
     from tasks.predict_io import predict_file
 
+    quiet_third_party()
     if not args.output:
         raise InputError("--input needs --output (a .jsonl file to write)")
     bar = tqdm(total=None, unit="batch", desc="predicting", file=sys.stderr)
@@ -290,15 +313,17 @@ def cmd_predict_file(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    summary = predict_file(args.model_dir, args.input, args.output, args.format, args.labelled, args.batch_size, args.stride, progress)
+    summary = predict_file(args.model_dir, args.input, args.output, args.format, args.labelled, args.batch_size, args.stride, progress, args.scheme)
     bar.close()
     print(json.dumps(summary) if args.json else "\n".join(f"{k:<9}: {v}" for k, v in summary.items()))
     return 0
 
 
 def cmd_predict(model_dir: str, texts: list[str], as_json: bool) -> int:
+    from tasks.logs import quiet_third_party
     from tasks.predict import NerPredictor
 
+    quiet_third_party()
     if not texts:
         raise InputError("give sentences to tag, or --input FILE --output FILE.jsonl")
     results = NerPredictor(model_dir).predict(texts)
@@ -314,10 +339,21 @@ def cmd_predict(model_dir: str, texts: list[str], as_json: bool) -> int:
     return 0
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:
+        args = predict_parser().parse_intermixed_args(argv[1:])
+        args.command = "predict"
+        return args
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     # Quiet, local-first defaults; a user's own settings win.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if getattr(args, "verbose", False):
+        os.environ["NERFLOW_VERBOSE"] = "1"
     try:
         if args.command == "predict":
             return cmd_predict_file(args) if args.input else cmd_predict(args.model_dir, args.text, args.json)

@@ -26,7 +26,7 @@ from tasks.evaluate import evaluate_task, metrics_exist
 from tasks.ingest import ingest_task
 from tasks.publish import publish_task
 from tasks.errors import InputError
-from tasks.logs import invalid_input, quiet_input_errors_on_console
+from tasks.logs import invalid_input, quiet_input_errors_on_console, quiet_third_party
 from tasks.policy import check_run_policy
 from tasks.storage import atomic_write_json, folder_lock
 from tasks.refs import TrackingRef, TrainJob
@@ -166,6 +166,7 @@ def finetune_ner(
     traceback goes to the run's log only); a revision another run of the deployment already handled
     ends it Completed without work."""
     quiet_input_errors_on_console()
+    quiet_third_party()
     if dataset_revision:
         settings = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"revision": dataset_revision})})
     try:

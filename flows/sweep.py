@@ -85,10 +85,14 @@ def trial_settings(base: RunSettings, grid: dict[str, list[Any]], name: str) -> 
 def check_sweep_policy(settings: RunSettings, trials: list[tuple[dict[str, Any], RunSettings]]) -> None:
     """The policy for the sweep's settings and every trial's (a grid value may name a place or code),
     every problem named once, before any work."""
+    from tasks.trainer_args import check_trainer_values
+
     problems: list[str] = []
     for checked in [settings, *(trial for _, trial in trials)]:
         problems += [p for p in policy_problems(checked) if p not in problems]
     refuse(problems)
+    for _, trial in trials:
+        check_trainer_values(trial.train.trainer_args)
 
 
 def warm_caches(trials: list[tuple[dict[str, Any], RunSettings]]) -> None:

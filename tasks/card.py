@@ -72,7 +72,17 @@ def _base_model(settings: RunSettings) -> str | None:
 
 
 def _dataset_name(dataset: DatasetRef) -> str:
-    return f"{dataset.source} ({dataset.config})" if dataset.config else dataset.source
+    """The name a user gave the dataset (dataset.name), its Hub id, or its folder's name: never a path."""
+    name = dataset.name or dataset.source.rstrip("/").rsplit("/", 1)[-1]
+    return f"{name} ({dataset.config})" if dataset.config else name
+
+
+SCHEME_TEXT = {
+    "iob1": "IOB1 (B- only between adjacent entities, as CoNLL-2003 is released)",
+    "bioes": "BIOES (E- ends, S- is a one-word entity)",
+    "bilou": "BILOU (L- ends, U- is a one-word entity)",
+    "io": "IO (bare entity types)",
+}
 
 
 def _versions() -> dict[str, str]:
@@ -99,7 +109,7 @@ def card_metadata(evaluation: EvaluationRef, dataset: DatasetRef, settings: RunS
             dataset_name=_dataset_name(dataset),
             dataset_config=dataset.config,
             dataset_split=dataset.split_names["test"],
-            dataset_revision=dataset.revision,
+            dataset_revision=dataset.source_revision,
             metric_type=metric,
             metric_name=f"{metric.capitalize()} (word level, seqeval)",
             metric_value=round(float(evaluation.test[metric]), 4),
@@ -136,7 +146,10 @@ def template_context(
     return {
         "model_name": settings.resolved_model_name(),
         "base_model_link": f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{settings.model.checkpoint}`",
-        "dataset_link": f"[{_dataset_name(dataset)}](https://huggingface.co/datasets/{dataset_id})" if dataset_id else f"`{dataset.source}`",
+        "dataset_link": f"[{_dataset_name(dataset)}](https://huggingface.co/datasets/{dataset_id})" if dataset_id else f"`{_dataset_name(dataset)}`",
+        "dataset_name": _dataset_name(dataset),
+        "source_scheme": SCHEME_TEXT.get(dataset.tag_scheme),
+        "source_label_names": dataset.source_label_names,
         "test": evaluation.test,
         "word_level": evaluation.word_level,
         "per_entity": per_entity_table(evaluation),

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from tasks.hub import check_available, explained
 from tasks.settings import ModelSettings
 from tasks.storage import atomic_write_json, sha256_file
 
@@ -17,9 +18,30 @@ log = logging.getLogger(__name__)
 def resolve_checkpoint(checkpoint: str) -> str:
     """'package:MODULE' names a model folder shipped inside a Python package (MODULE.get_model_path())."""
     if checkpoint.startswith("package:"):
-        module = importlib.import_module(checkpoint.removeprefix("package:"))
-        return str(module.get_model_path())
+        from tasks.errors import InputError
+
+        name = checkpoint.removeprefix("package:")
+        try:
+            return str(importlib.import_module(name).get_model_path())
+        except (ImportError, AttributeError) as e:
+            raise InputError(f"model.checkpoint {checkpoint!r}: no installed package {name} with get_model_path() ({type(e).__name__})") from e
     return checkpoint
+
+
+def check_checkpoint(pretrained: ModelSettings) -> None:
+    """InputError within seconds if the checkpoint cannot be had: a folder without config.json, a
+    package that is not installed, a Hub id that is mistyped, gated, or not cached while offline."""
+    from tasks.errors import InputError
+
+    what = f"model.checkpoint {pretrained.checkpoint!r}"
+    path = Path(resolve_checkpoint(pretrained.checkpoint)).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{what}: the folder has no config.json; name a model folder (save_pretrained) or a Hub id")
+        return
+    if pretrained.checkpoint.startswith((".", "/", "~")) or path.exists():
+        raise InputError(f"{what}: no such folder")
+    check_available(pretrained.checkpoint, "model", pretrained.revision, what)
 
 
 def load_network(checkpoint: str | Path, revision: str | None = None, trust_remote_code: bool = False, **options):
@@ -27,9 +49,10 @@ def load_network(checkpoint: str | Path, revision: str | None = None, trust_remo
     that runs on load. trust_remote_code runs the checkpoint's own Python only when a setting asks."""
     from transformers import AutoModelForTokenClassification
 
-    return AutoModelForTokenClassification.from_pretrained(
-        resolve_checkpoint(str(checkpoint)), revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code, **options
-    )
+    with explained(f"model.checkpoint {str(checkpoint)!r}"):
+        return AutoModelForTokenClassification.from_pretrained(
+            resolve_checkpoint(str(checkpoint)), revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code, **options
+        )
 
 
 def load_tokenizer(pretrained: ModelSettings):
@@ -37,11 +60,12 @@ def load_tokenizer(pretrained: ModelSettings):
 
     path = resolve_checkpoint(pretrained.checkpoint)
     options = {"revision": pretrained.revision, "trust_remote_code": pretrained.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(path, **options)
-    if getattr(tokenizer, "add_prefix_space", None) is False:
-        # Byte-level BPE (RoBERTa, GPT-2 style) marks a word start with a leading space: pre-split words
-        # must get one each, or every word after the first is encoded as a continuation.
-        tokenizer = AutoTokenizer.from_pretrained(path, add_prefix_space=True, **options)
+    with explained(f"model.checkpoint {pretrained.checkpoint!r}"):
+        tokenizer = AutoTokenizer.from_pretrained(path, **options)
+        if getattr(tokenizer, "add_prefix_space", None) is False:
+            # Byte-level BPE (RoBERTa, GPT-2 style) marks a word start with a leading space: pre-split words
+            # must get one each, or every word after the first is encoded as a continuation.
+            tokenizer = AutoTokenizer.from_pretrained(path, add_prefix_space=True, **options)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             f"model.checkpoint {pretrained.checkpoint!r}: a fast tokenizer is required (word_ids() for label alignment)"
@@ -135,9 +159,10 @@ def head_labels(pretrained: ModelSettings) -> list[str] | None:
     """The labels of the checkpoint's token-classification head (None: it has none, or only LABEL_n)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(
-        resolve_checkpoint(pretrained.checkpoint), revision=pretrained.revision, trust_remote_code=pretrained.trust_remote_code
-    )
+    with explained(f"model.checkpoint {pretrained.checkpoint!r}"):
+        config = AutoConfig.from_pretrained(
+            resolve_checkpoint(pretrained.checkpoint), revision=pretrained.revision, trust_remote_code=pretrained.trust_remote_code
+        )
     if not any(a.endswith("ForTokenClassification") for a in config.architectures or []):
         return None
     names = [config.id2label[i] for i in range(config.num_labels)]

@@ -20,9 +20,14 @@ class FolderBusy(InputError):
 class DatasetValidationError(InputError):
     """The dataset cannot be trained on; the message lists each problem with file, split, row, field."""
 
-    def __init__(self, problems: list[str], total: int | None = None):
+    def __init__(self, problems: list[str], total: int | None = None, unlisted: int | None = None):
+        """`total` problems in all, `unlisted` of them in none of the lines (default: total - lines)."""
         self.problems = problems
         total = total if total is not None else len(problems)
+        unlisted = total - len(problems) if unlisted is None else unlisted
+        if total == 1 and len(problems) == 1:
+            super().__init__(f"dataset validation failed: {problems[0]}")
+            return
         shown = "\n".join(f"  - {p}" for p in problems)
-        more = f"\n  ... and {total - len(problems)} more" if total > len(problems) else ""
+        more = f"\n  ... and {unlisted} more" if unlisted > 0 else ""
         super().__init__(f"dataset validation failed ({total} problem(s)):\n{shown}{more}")

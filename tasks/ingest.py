@@ -22,7 +22,7 @@ from tasks.retry import NETWORK_STEP_TIMEOUT_S, TASK_RETRIES, network_retry_cond
 from tasks.settings import DatasetSettings
 from tasks.sources import read_source
 from tasks.storage import atomic_dir, is_sealed
-from tasks.validation import dataset_fingerprint, profile_splits, resolve_label_names, validate_splits
+from tasks.validation import dataset_fingerprint, profile_splits, resolve_label_names, to_training_tags, validate_splits
 
 log = logging.getLogger(__name__)
 
@@ -52,35 +52,56 @@ def save_clean(clean: dict, label_names: list[str], path: Path) -> None:
 
 
 def ingest_dataset(cfg: DatasetSettings, cache_dir: Path) -> DatasetRef:
-    """Load, validate, normalise, fingerprint and profile the dataset; save it under cache_dir."""
+    """Load, validate, convert to IOB2, normalise, fingerprint and profile the dataset; save it under cache_dir."""
     raw, folder, source_revision = read_source(cfg, Path(cache_dir))
     apply_sample_limits(raw, cfg)
-    label_names = resolve_label_names(cfg, raw, folder)
-    clean = validate_splits(raw, cfg, label_names)
+    labels = resolve_label_names(cfg, raw, folder)
+    clean, label_names, scheme = to_training_tags(validate_splits(raw, cfg, labels), cfg, labels)
+    _logger().info("tagging scheme: %s (%s)%s", scheme.scheme.upper(), scheme.evidence, "" if scheme.scheme == "iob2" else "; converted to IOB2 for training")
     for role in SPLIT_ROLES:
         if clean[role].iob_violations:
-            log.warning(
+            _logger().warning(
                 "split %r: %d I- tag(s) do not continue a span of their type (kept; counted as span starts), e.g. %s",
                 role,
                 clean[role].iob_violations,
                 "; ".join(clean[role].iob_examples),
             )
-    fingerprint = dataset_fingerprint(label_names, clean)
+    fingerprint = dataset_fingerprint(label_names, clean, scheme.scheme)
     path = Path(cache_dir) / "datasets" / fingerprint[:20]
     save_clean(clean, list(label_names), path)
     return DatasetRef(
         path=str(path),
         fingerprint=fingerprint,
         source=cfg.source,
+        name=dataset_name(cfg, folder is not None),
         config=cfg.config if folder is None else None,
         revision=source_revision or f"sha256:{fingerprint[:16]}",
+        source_revision=source_revision,
         label_names=list(label_names),
+        tag_scheme=scheme.scheme,
+        source_label_names=labels.names if scheme.scheme != "iob2" else None,
         num_rows={role: len(s.tokens) for role, s in clean.items()},
         iob_violations={role: s.iob_violations for role, s in clean.items()},
         language=cfg.resolved_language(),
-        profile=profile_splits(label_names, clean).to_dict(orient="records"),
+        profile=profile_splits(label_names, clean, scheme.scheme).to_dict(orient="records"),
         split_names={"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split},
     )
+
+
+def dataset_name(cfg: DatasetSettings, local: bool) -> str:
+    """What the card calls the dataset: dataset.name, else the Hub id, else the folder's (or S3 prefix's)
+    name, never a path on the machine that trained it."""
+    if cfg.name:
+        return cfg.name
+    if cfg.source.startswith("s3://") or local:
+        return cfg.source.rstrip("/").rsplit("/", 1)[-1]
+    return cfg.source
+
+
+def _logger():
+    from tasks.logs import run_logger
+
+    return run_logger(log)
 
 
 @task(
@@ -93,17 +114,19 @@ def ingest_dataset(cfg: DatasetSettings, cache_dir: Path) -> DatasetRef:
 def ingest_task(cfg: DatasetSettings, cache_dir: str) -> DatasetRef:
     """Load and validate the dataset (retried on network errors only) and publish its profile."""
     ref = ingest_dataset(cfg, Path(cache_dir))
+    revision = f"revision {ref.source_revision}, " if ref.source_revision else ""
     get_run_logger().info(
-        "dataset %s revision %s fingerprint %s: %s sentences, labels %s",
+        "dataset %s (%s): %s%s sentences, labels %s; content fingerprint %s",
+        ref.name,
         ref.source,
-        ref.revision,
-        ref.fingerprint[:12],
+        revision,
         ref.num_rows,
         ref.label_names,
+        ref.fingerprint[:12],
     )
     create_table_artifact(
         key="dataset-profile",
         table=ref.profile,
-        description=f"Dataset profile of {ref.source} (revision {ref.revision}, fingerprint {ref.fingerprint[:12]})",
+        description=f"Dataset profile of {ref.name} ({ref.tag_scheme.upper()} tags; {revision}content fingerprint {ref.fingerprint[:12]})",
     )
     return ref

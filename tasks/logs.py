@@ -38,6 +38,25 @@ class _InputErrorsWithoutTraceback(logging.Formatter):
             record.exc_info, record.exc_text = saved
 
 
+def quiet_third_party() -> None:
+    """No progress bars or load reports from datasets, transformers and huggingface_hub (saving a
+    dataset, writing model shards, weights a new head initialises) unless NERFLOW_VERBOSE=1: nerflow's
+    own lines say what happens. Warnings and errors still show."""
+    import os
+
+    if os.environ.get("NERFLOW_VERBOSE", "").strip().lower() in ("1", "true", "yes"):
+        return
+    import datasets
+    import huggingface_hub.utils
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 INVALID_INPUT = "Invalid input"  # the name of a run's Failed state when its data or settings are unusable
 
 
@@ -51,11 +70,51 @@ def invalid_input(exc: Exception):
     return Failed(name=INVALID_INPUT, message=str(exc))
 
 
-def quiet_input_errors_on_console() -> None:
-    """Drop InputError tracebacks from Prefect's console handlers (idempotent)."""
+def _input_error_names() -> set[str]:
+    from tasks.errors import InputError
+
+    names, todo = set(), [InputError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+class _InputErrorsOnce(logging.Filter):
+    """On the console, a bad input is said once: a step's failure line repeats the message the run
+    ends with, so it is dropped; the run's last line names its state without repeating the message;
+    where the caller prints the message itself (the `nerflow` command), the run's error line is
+    dropped too. The run's log in the Prefect UI keeps every line and the traceback."""
+
+    caller_prints = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.errors import InputError
+
+        if record.exc_info and isinstance(record.exc_info[1], InputError):
+            return not self.caller_prints
+        message = record.getMessage()
+        if message.startswith("Finished in state Failed(") and any(f"exception {n}:" in message for n in _input_error_names()):
+            return False
+        if message.startswith("Finished in state Invalid input("):
+            record.msg, record.args = "Finished in state Invalid input", ()
+        return True
+
+
+_ONCE = _InputErrorsOnce()
+
+
+def quiet_input_errors_on_console(caller_prints: bool | None = None) -> None:
+    """Drop InputError tracebacks and repeats from Prefect's console handlers (idempotent).
+    `caller_prints`: the caller prints the message itself (the `nerflow` command)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
+    if caller_prints is not None:
+        _InputErrorsOnce.caller_prints = caller_prints
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _InputErrorsWithoutTraceback):
                 handler.setFormatter(_InputErrorsWithoutTraceback(handler.formatter or logging.Formatter()))
+            if isinstance(handler, PrefectConsoleHandler) and _ONCE not in handler.filters:
+                handler.addFilter(_ONCE)

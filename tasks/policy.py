@@ -254,8 +254,12 @@ def refuse(problems: list[str]) -> None:
 
 
 def check_run_policy(settings: RunSettings, env: Mapping[str, str] | None = None) -> None:
-    """Raise RunRefused naming every setting this worker does not allow."""
+    """Raise RunRefused naming every setting this worker does not allow; then, the paths allowed, what
+    transformers says of train.trainer_args (it reads the config files they name)."""
+    from tasks.trainer_args import check_trainer_values
+
     refuse(policy_problems(settings, env))
+    check_trainer_values(settings.train.trainer_args)
 
 
 def check_dataset_policy(dataset: DatasetSettings, env: Mapping[str, str] | None = None) -> None:

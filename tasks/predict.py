@@ -109,15 +109,21 @@ class NerPredictor:
         from tasks.checkpoints import load_network
         from tasks.inference import choose_device
 
+        from tasks.errors import InputError
+
         path = Path(model_dir)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: not a model folder (no config.json); pass RUN_DIR/model")
+            raise InputError(f"{path}: not a model folder (no config.json); pass RUN_DIR/model")
         device, bf16, fp16 = choose_device("auto")
-        self.network = load_network(path).to(device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            self.network = load_network(path).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:  # a broken config.json, missing weights, an unreadable tokenizer
+            raise InputError(f"{path}: not a model folder nerflow can load: {str(e).splitlines()[0][:300]}") from e
         config = self.network.config
         self.label_names = [config.id2label[i] for i in range(config.num_labels)]
         self.decoding = getattr(config, "nerflow_decoding", None) or "argmax"
+        self.tag_scheme = getattr(config, "nerflow_tag_scheme", None) or "iob2"  # the training data's scheme
         self.max_length = min(self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
         self.batch_size, self.stride = batch_size, stride
         self.autocast_dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else None
@@ -184,6 +190,16 @@ class NerPredictor:
                 entities.append(entity)
             out.append(entities)
         return out
+
+    def tag_ids(self, scores: list[np.ndarray]) -> list[list[int]]:
+        """Each document's word tag ids, decoded as the model was evaluated."""
+        return decode(scores, self.label_names, self.decoding)
+
+    def tags(self, scores: list[np.ndarray], scheme: str) -> list[list[str]]:
+        """Each document's word tags, written in `scheme` (tasks.schemes)."""
+        from tasks.schemes import convert
+
+        return [convert([self.label_names[t] for t in ids], "iob2", scheme) for ids in self.tag_ids(scores)]
 
     def predict(self, texts: list[str]) -> list[list[dict[str, Any]]]:
         """One list per text of {entity, text, score, start, end}."""

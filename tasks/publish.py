@@ -380,7 +380,10 @@ def read_run(run_dir: Path) -> tuple[str, float]:
     metrics_path = run_dir / "metrics.json"
     if not (run_dir / "model" / "config.json").is_file() or not metrics_path.is_file():
         raise PublishError(f"{run_dir}: not a finished nerflow run (needs model/ and metrics.json)")
-    return run_dir.name, float(json.loads(metrics_path.read_text())["word_level"]["test"]["f1"])
+    try:
+        return run_dir.name, float(json.loads(metrics_path.read_text())["word_level"]["test"]["f1"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise PublishError(f"{metrics_path}: not the metrics.json of a nerflow run ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 GATE_ATTEMPTS = 3  # how often the gate is decided again when another publisher got to the Hub first

@@ -24,9 +24,18 @@ class DatasetRef(BaseModel):
     path: str
     fingerprint: str
     source: str
+    name: str = ""
+    """What the model card calls the dataset (dataset.name, the Hub id, or the folder's name)."""
     config: str | None
     revision: str
+    source_revision: str | None = None
+    """The source's own revision (Hub commit, S3 ETags hash); None for local files, known by content only."""
     label_names: list[str]
+    """IOB2 tag names in id order: what the model is trained on."""
+    tag_scheme: str = "iob2"
+    """The scheme the source's tags were written in (tasks.schemes); converted to IOB2."""
+    source_label_names: list[str] | None = None
+    """The source's own tag names, when its scheme is not IOB2."""
     num_rows: dict[str, int]
     iob_violations: dict[str, int]
     language: str | None
@@ -52,6 +61,8 @@ class TokenizedRef(BaseModel):
     alignment: AlignmentStrategy
     max_length: int
     label_names: list[str]
+    tag_scheme: str = "iob2"
+    """The dataset's source scheme: the trained model writes predictions back in it."""
     stats: dict[str, dict[str, int]]
     roundtrip: dict[str, Any]
     warnings: list[str]

@@ -42,6 +42,7 @@ _TRANSIENT_TYPES = {
     "ChunkedEncodingError", "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError",
     "ReadTimeoutError", "LocalEntryNotFoundError", "SSLError",
 }  # fmt: skip
+# A cache miss while the Hub is off (HF_HUB_OFFLINE) looks like a connection error but is not one.
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -80,8 +81,11 @@ def _transient(exc: BaseException) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A network or service hiccup anywhere in the causes: connection, timeout, HTTP 408/425/429/5xx."""
-    return any(_transient(e) for e in causes(exc))
+    """A network or service hiccup anywhere in the causes: connection, timeout, HTTP 408/425/429/5xx;
+    never a cache miss while the Hub is off, which the next try meets again."""
+    from tasks.hub import is_offline_cache_miss
+
+    return not is_offline_cache_miss(exc) and any(_transient(e) for e in causes(exc))
 
 
 def _deterministic(exc: BaseException) -> bool:

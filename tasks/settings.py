@@ -30,8 +30,9 @@ Batching = Literal["auto", "random", "length", "static"]
 CompileMode = Literal["auto", "off", "on"]
 Decoding = Literal["iob2", "argmax"]
 HeadChoice = Literal["auto", "reuse", "fresh"]
+TagScheme = Literal["auto", "iob1", "iob2", "bioes", "iobes", "bilou", "io"]
 
-IOB_LABEL = re.compile(r"^(O|[BI]-[^\s]+)$")
+TAG_NAME = re.compile(r"^\S+$")  # O, B-PER, E-LOC, U-ORG or a bare type: tasks.schemes tells the scheme
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -59,11 +60,25 @@ class DatasetSettings(_Section):
         "auto", description="File format of a local or S3 source; 'auto' picks it from the file extensions."
     )
     tokens_column: str = Field("tokens", min_length=1, description="Column holding the list of words.")
-    tags_column: str = Field("ner_tags", min_length=1, description="Column holding one IOB2 tag per word.")
+    tags_column: str = Field(
+        "ner_tags", min_length=1, description="Column holding one tag per word (names or ids, in the scheme tag_scheme says)."
+    )
     label_names: list[str] | None = Field(
         None,
-        description="Tag names in id order (IOB2, e.g. O, B-PER, I-PER). None: from the dataset's "
-        "ClassLabel feature, a labels.txt beside the files, or the string tags themselves.",
+        description="Tag names in id order (e.g. O, B-PER, I-PER). None: from the dataset's ClassLabel feature, "
+        "a labels.txt beside the files, or the string tags themselves. A labels.txt must agree.",
+    )
+    tag_scheme: TagScheme = Field(
+        "auto",
+        description="How the tags mark entities: 'iob2' (B- starts every entity), 'iob1' (CoNLL-2003 as released: "
+        "B- only between adjacent entities), 'bioes'/'iobes', 'bilou', 'io' (bare types). 'auto': found from the "
+        "tags. Every scheme is converted span for span to IOB2 for training, decoding and scoring.",
+    )
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The dataset's name in the model card. None: the Hub id, else the folder's (or S3 prefix's) name.",
     )
     train_split: str = Field("train", min_length=1, description="Name of the training split.")
     validation_split: str = Field(
@@ -89,9 +104,9 @@ class DatasetSettings(_Section):
             return None
         if len(set(names)) != len(names):
             raise ValueError("label names must be unique")
-        bad = [n for n in names if not IOB_LABEL.match(n)]
+        bad = [n for n in names if not TAG_NAME.match(n)]
         if bad:
-            raise ValueError(f"label names must be IOB2 tags (O, B-TYPE, I-TYPE); not: {bad}")
+            raise ValueError(f"label names must be tags without spaces (O, B-TYPE, I-TYPE, ...); not: {bad}")
         if "O" not in names:
             raise ValueError("label names must include 'O'")
         return names
@@ -102,6 +117,10 @@ class DatasetSettings(_Section):
         if len(set(splits)) != 3:
             raise ValueError(f"train, validation and test splits must differ, got {splits}")
         return self
+
+    def resolved_scheme(self) -> str | None:
+        """The declared tagging scheme (iobes is bioes); None: detect it."""
+        return None if self.tag_scheme == "auto" else "bioes" if self.tag_scheme == "iobes" else self.tag_scheme
 
     def resolved_language(self) -> str | None:
         if self.language:
@@ -446,11 +465,41 @@ class SettingsError(InputError):
     """A run description that cannot be used; the message names the field."""
 
 
+def setting_names() -> list[str]:
+    """Every setting as section.field (top-level fields bare)."""
+    names = []
+    for name, field in RunSettings.model_fields.items():
+        section = field.get_default(call_default_factory=True)
+        names += [f"{name}.{key}" for key in type(section).model_fields] if isinstance(section, BaseModel) else [name]
+    return names
+
+
+def did_you_mean(loc: tuple) -> str:
+    """A hint for an unknown setting name: the nerflow setting a transformers/run_ner.py name maps to,
+    else the closest names."""
+    import difflib
+
+    from tasks.trainer_args import SETTING_ALIASES
+
+    dotted, key = ".".join(map(str, loc)), str(loc[-1])
+    if key in SETTING_ALIASES:
+        return f"; did you mean {SETTING_ALIASES[key]}? ({key} is transformers' name)"
+    names = setting_names()
+    close = difflib.get_close_matches(dotted, names, n=2, cutoff=0.8)
+    close = close or [n for n in names if n.rsplit(".", 1)[-1] in difflib.get_close_matches(key, [m.rsplit(".", 1)[-1] for m in names], n=2, cutoff=0.75)]
+    return f"; did you mean {', '.join(close)}?" if close else "; `nerflow settings` lists every setting"
+
+
 def describe_validation_error(err: ValidationError, origin: str = "settings") -> str:
     lines = [f"invalid run settings ({origin}):"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(root)"
-        lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {field}: not a nerflow setting{did_you_mean(tuple(e['loc']))}")
+        elif e["type"] == "value_error":  # the validator's own message, which names what it checked
+            lines.append(f"  {field}: " + e["msg"].removeprefix("Value error, ").removeprefix(f"{field}: "))
+        else:
+            lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -479,6 +528,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Settings that name places: a relative value written in a config file is read from that file's
+# folder (wherever the command runs); on the command line, from the working folder.
+_PATH_SETTINGS = (("output_dir",), ("cache_dir",))
+_PATH_OR_ID_SETTINGS = (("dataset", "source"), ("model", "checkpoint"))
+
+
+def resolve_config_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative paths in a config file's data made absolute against the file's folder. A dataset
+    source or checkpoint is a path if it starts with ./ ../ ~ or / or names something in that folder;
+    anything else stays as written (a Hub id, s3://, package:)."""
+
+    def place(section: dict, key: str, always: bool) -> None:
+        value = section.get(key)
+        if not isinstance(value, str) or value.startswith(("s3://", "package:")) or Path(value).is_absolute():
+            return
+        candidate = (folder / value).expanduser() if not value.startswith("~") else Path(value).expanduser()
+        if always or value.startswith((".", "~")) or candidate.exists():
+            section[key] = str(candidate.resolve())
+
+    for path, always in [(p, True) for p in _PATH_SETTINGS] + [(p, False) for p in _PATH_OR_ID_SETTINGS]:
+        section = data if len(path) == 1 else data.get(path[0])
+        if isinstance(section, dict):
+            place(section, path[-1], always)
+    trainer_args = (data.get("train") or {}).get("trainer_args") if isinstance(data.get("train"), dict) else None
+    for key in trainer_args or {}:  # deepspeed, fsdp_config, accelerator_config: files beside the config
+        if isinstance(trainer_args[key], str):
+            place(trainer_args, key, False)
+    return data
+
+
 def load_settings(config: str | Path | None = None, overrides: list[str] | None = None) -> RunSettings:
     """Build settings from an optional YAML file plus KEY=VALUE overrides; fail naming the field."""
     data: dict[str, Any] = {}
@@ -494,7 +573,7 @@ def load_settings(config: str | Path | None = None, overrides: list[str] | None 
             raise SettingsError(f"{path}: not valid YAML: {e}") from e
         if loaded is not None and not isinstance(loaded, dict):
             raise SettingsError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-        data = loaded or {}
+        data = resolve_config_paths(loaded or {}, path.resolve().parent)
     if overrides:
         data = apply_overrides(data, overrides)
         origin += " + --set"

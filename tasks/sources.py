@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import MAX_LISTED_PROBLEMS, DatasetValidationError
+from tasks.errors import MAX_LISTED_PROBLEMS, DatasetValidationError, InputError
 from tasks.refs import SPLIT_ROLES
 from tasks import s3
-from tasks.settings import IOB_LABEL, DatasetSettings
+from tasks.hub import check_available, explained
+from tasks.settings import TAG_NAME, DatasetSettings
 from tasks.storage import atomic_dir, hash_file, is_sealed
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,10 @@ _EXTENSIONS = {
     "jsonl": (".jsonl",),
     "json": (".json",),
     "parquet": (".parquet",),
-    "conll": (".conll", ".txt", ".iob"),
+    "conll": (".conll", ".txt", ".iob", ".tsv"),
     "csv": (".csv",),
     "tsv": (".tsv",),
-}
+}  # .txt and .tsv hold either shape: file_format looks inside
 _SPLIT_ALIASES = {"validation": ("dev", "valid", "val")}
 
 
@@ -109,7 +111,7 @@ def _cell_list(cell: str, tag_ids: bool) -> Any:
     space-separated words or tags (in the tags column, integers are tag ids; a word "2024" stays a
     word). Anything else is passed on for validation to name."""
     text = cell.strip()
-    if text.startswith("["):
+    if text.startswith("[") and text.endswith("]"):  # meant as JSON (a word such as "[[Postcard" is not)
         try:
             return json.loads(text)
         except (json.JSONDecodeError, RecursionError):
@@ -117,8 +119,9 @@ def _cell_list(cell: str, tag_ids: bool) -> Any:
     return [int(v) if tag_ids and v.lstrip("-").isdigit() else v for v in text.split()]
 
 
-def _read_delimited(path: Path, delimiter: str, tokens_column: str, tags_column: str) -> tuple[list[Any], list[int]]:
-    """CSV or TSV with a header row; the tokens and tags columns hold lists (see _cell_list)."""
+def read_delimited(path: Path, delimiter: str, tokens_column: str, tags_column: str, tags_required: bool = True) -> tuple[list[Any], list[int]]:
+    """CSV or TSV with a header row; the tokens and tags columns hold lists (see _cell_list). Without
+    `tags_required` (prediction input) the tags column may be absent."""
     import csv
     import io
 
@@ -126,13 +129,16 @@ def _read_delimited(path: Path, delimiter: str, tokens_column: str, tags_column:
     rows, lines = [], []
     try:
         header = reader.fieldnames or []
-        missing = [c for c in (tokens_column, tags_column) if c not in header]
+        missing = [c for c in (tokens_column, tags_column) if c not in header and (tags_required or c == tokens_column)]
         if missing:
             raise DatasetValidationError([f"{path}, line 1: no column {c!r} in the header {header}" for c in missing])
         for row in reader:
             if None in row or None in row.values():
                 raise DatasetValidationError([f"{path}, line {reader.line_num}: {len(header)} columns in the header, not in this row"])
-            rows.append({tokens_column: _cell_list(row[tokens_column], False), tags_column: _cell_list(row[tags_column], True)})
+            parsed = {tokens_column: _cell_list(row[tokens_column], False)}
+            if tags_column in row:
+                parsed[tags_column] = _cell_list(row[tags_column], True)
+            rows.append(parsed)
             lines.append(reader.line_num)
     except csv.Error as e:
         kind = "CSV" if delimiter == "," else "TSV"
@@ -140,45 +146,100 @@ def _read_delimited(path: Path, delimiter: str, tokens_column: str, tags_column:
     return rows, lines
 
 
+TAG_LIKE = re.compile(r"^(O|[BIESLU]-\S+)$")
+_SNIFF_LINES = 200
+
+
+def _columns(line: str) -> list[str]:
+    """A word-per-line row's columns: tab-separated if it has a tab, else separated by spaces."""
+    return [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
+
+
+def _named_columns(first: str, tokens_column: str, tags_column: str) -> tuple[int, int] | None:
+    """(word column, tag column) when the first line is a header naming both columns."""
+    names = _columns(first)
+    if tokens_column in names and tags_column in names:
+        return names.index(tokens_column), names.index(tags_column)
+    return None
+
+
+def looks_word_per_line(lines: list[str], tokens_column: str = "tokens", tags_column: str = "ner_tags") -> bool:
+    """Word-per-line blocks (CoNLL): rows of 2+ columns whose tag column looks like a tag, a header
+    naming the columns first if there is one; a table (a sentence per row) or plain text is not."""
+    body = [line for line in lines[:_SNIFF_LINES] if line.strip() and not line.startswith("-DOCSTART-")]
+    if not body:
+        return False
+    named = _named_columns(body[0], tokens_column, tags_column)
+    if named:
+        rows = [_columns(line) for line in body[1:]]
+        # A table's cells hold whole sentences: several words, or a JSON list.
+        return bool(rows) and all(len(r) > named[1] and " " not in r[named[0]] and not r[named[0]].startswith("[") for r in rows)
+    tagged = sum(1 for line in body if 2 <= len(cols := _columns(line)) <= 20 and TAG_LIKE.match(cols[-1]))
+    return tagged >= 0.9 * len(body)
+
+
 def read_conll(path: Path, tokens_column: str, tags_column: str) -> tuple[list[Any], list[int]]:
-    """CoNLL: one word per line, its tag in the last column, sentences separated by blank lines."""
+    """Word-per-line blocks (CoNLL-2003 and its kin): a word and its columns per line, tab- or space-
+    separated, the tag in the last column unless a header line names the columns, sentences separated
+    by blank lines, `-DOCSTART-` lines skipped."""
+    lines = read_lines(path)
+    first = next((line for line in lines if line.strip()), "")
+    named = _named_columns(first, tokens_column, tags_column)
+    word_col, tag_col = named or (0, -1)
     rows: list[Any] = []
-    lines: list[int] = []
+    starts: list[int] = []
     tokens: list[str] = []
     tags: list[str] = []
-    start = 1
-    for lineno, line in enumerate(read_lines(path), start=1):
-        parts = line.split()
+    skip_header = named is not None
+    for lineno, line in enumerate(lines, start=1):
+        parts = _columns(line)
+        if skip_header and parts:
+            skip_header = False
+            continue
         if not parts or parts[0] == "-DOCSTART-":
             if tokens:
                 rows.append({tokens_column: tokens, tags_column: tags})
-                lines.append(start)
             tokens, tags = [], []
             continue
-        if len(parts) < 2:
+        if len(parts) < 2 or (named and len(parts) <= max(word_col, tag_col)):
             raise DatasetValidationError(
                 [f"{path}, line {lineno}, field {tags_column!r}: expected 'WORD ... TAG', got {line.strip()[:80]!r}"]
             )
         if not tokens:
-            start = lineno
-        tokens.append(parts[0])
-        tags.append(parts[-1])
+            starts.append(lineno)
+        tokens.append(parts[word_col])
+        tags.append(parts[tag_col])
     if tokens:
         rows.append({tokens_column: tokens, tags_column: tags})
-        lines.append(start)
-    return rows, lines
+    return rows, starts
+
+
+def file_format(path: Path, fmt: str, tokens_column: str = "tokens", tags_column: str = "ner_tags", text: bool = False) -> str:
+    """The format of a file by its extension and, where an extension is used for several shapes, by its
+    content: `.tsv` is a table or word-per-line blocks; `.txt` is word-per-line blocks, or plain text
+    (one document per line) where `text` allows it. `fmt` other than auto wins."""
+    if fmt not in ("auto", "hub"):
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".txt"):
+        blocks = looks_word_per_line(read_lines(path), tokens_column, tags_column)
+        return "conll" if blocks else "tsv" if suffix == ".tsv" else "text" if text else "conll"
+    for name, extensions in _EXTENSIONS.items():
+        if suffix in extensions:
+            return name
+    raise DatasetValidationError([f"{path}: cannot tell the format from the extension {suffix!r}; set the format"])
 
 
 def _find_split_file(folder: Path, split: str, role: str, fmt: str) -> tuple[Path, str]:
     formats = [fmt] if fmt not in ("auto", "hub") else list(_EXTENSIONS)
     stems = (split, *(_SPLIT_ALIASES.get(role, ()) if split == role else ()))
-    found = [
-        (folder / f"{stem}{ext}", f)
+    found = list({
+        folder / f"{stem}{ext}": f
         for stem in stems
-        for f in formats
+        for f in reversed(formats)  # a .tsv is both conll and tsv: one file, its shape read later
         for ext in _EXTENSIONS[f]
         if (folder / f"{stem}{ext}").is_file()
-    ]
+    }.items())
     if not found:
         looked = ", ".join(f"{s}{e}" for s in stems for f in formats for e in _EXTENSIONS[f])
         raise DatasetValidationError([f"{folder}: no file for split {split!r} (looked for {looked})"])
@@ -195,6 +256,7 @@ def read_local_splits(folder: Path, cfg: DatasetSettings, origin_prefix: str | N
     splits = {}
     for role, split in zip(SPLIT_ROLES, (cfg.train_split, cfg.validation_split, cfg.test_split)):
         path, fmt = _find_split_file(folder, split, role, cfg.format)
+        fmt = file_format(path, cfg.format, cfg.tokens_column, cfg.tags_column)
         if fmt == "jsonl":
             rows, lines = _read_jsonl(path)
         elif fmt == "json":
@@ -202,7 +264,7 @@ def read_local_splits(folder: Path, cfg: DatasetSettings, origin_prefix: str | N
         elif fmt == "parquet":
             rows, lines = _read_parquet(path)
         elif fmt in ("csv", "tsv"):
-            rows, lines = _read_delimited(path, "," if fmt == "csv" else "\t", cfg.tokens_column, cfg.tags_column)
+            rows, lines = read_delimited(path, "," if fmt == "csv" else "\t", cfg.tokens_column, cfg.tags_column)
         else:
             rows, lines = read_conll(path, cfg.tokens_column, cfg.tags_column)
         origin = f"{origin_prefix}/{path.name}" if origin_prefix else str(path)
@@ -223,8 +285,8 @@ def read_labels_file(folder: Path) -> list[str] | None:
     for lineno, name in enumerate(lines, start=1):
         if not name:
             problems.append(f"{path}, line {lineno}: empty label name (ids follow the lines: remove the blank line)")
-        elif not IOB_LABEL.match(name):
-            problems.append(f"{path}, line {lineno}: {name[:40]!r} is not an IOB2 tag (O, B-TYPE, I-TYPE)")
+        elif not TAG_NAME.match(name):
+            problems.append(f"{path}, line {lineno}: {name[:40]!r} is not a tag (O, B-TYPE, I-TYPE, ...: no spaces)")
         elif name in seen:
             problems.append(f"{path}, line {lineno}: label {name!r} repeats line {seen[name]}")
         seen.setdefault(name, lineno)
@@ -239,7 +301,8 @@ def read_hub_splits(cfg: DatasetSettings) -> tuple[dict[str, RawSplit], str]:
     """Load a Hub dataset with `datasets` and return raw rows plus the exact revision that was read."""
     import datasets
 
-    dd = datasets.load_dataset(cfg.source, cfg.config, revision=cfg.revision)
+    with explained(f"dataset.source {cfg.source!r}"):
+        dd = datasets.load_dataset(cfg.source, cfg.config, revision=cfg.revision)
     splits = {}
     for role, split in zip(SPLIT_ROLES, (cfg.train_split, cfg.validation_split, cfg.test_split)):
         if split not in dd:
@@ -346,6 +409,28 @@ def read_source(cfg: DatasetSettings, cache_dir: Path) -> tuple[dict[str, RawSpl
         return read_local_splits(local, cfg), local, None
     splits, revision = read_hub_splits(cfg)
     return splits, None, revision
+
+
+def looks_like_path(source: str) -> bool:
+    """A value a user means as a folder: ./x, ../x, /x, ~/x, or deeper than a Hub id's owner/name."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def check_source(cfg: DatasetSettings) -> None:
+    """DatasetValidationError within seconds if the dataset cannot be had: a folder that is not there,
+    a Hub id that is missing, gated, or not cached while offline. s3:// is checked when read."""
+    if cfg.source.startswith("s3://"):
+        return
+    local = Path(cfg.source).expanduser()
+    if local.is_dir():
+        return
+    if is_local_source(cfg) or looks_like_path(cfg.source):
+        where = "" if local.is_absolute() else f" (from {Path.cwd()}; a relative path in a config file is read from the file's folder)"
+        raise DatasetValidationError([f"dataset.source {cfg.source!r}: no such folder{where}"])
+    try:
+        check_available(cfg.source, "dataset", cfg.revision, f"dataset.source {cfg.source!r}")
+    except InputError as e:  # tasks.hub's, as a validation error like every other dataset problem
+        raise DatasetValidationError([str(e)]) from None
 
 
 def is_local_source(cfg: DatasetSettings) -> bool:

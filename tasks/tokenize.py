@@ -170,6 +170,7 @@ def _build(dataset, pretrained, settings, tokenizer, tok_fp, key, path: Path) ->
         alignment=settings.alignment,
         max_length=settings.max_length,
         label_names=dataset.label_names,
+        tag_scheme=dataset.tag_scheme,
         stats=stats,
         roundtrip=roundtrip,
         warnings=tokenization_warnings(stats, roundtrip, pretrained.checkpoint),

@@ -124,13 +124,14 @@ def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_mo
     from transformers import PrinterCallback
 
     from tasks.batching import PadCollator
-    from tasks.trainer import NerTrainer, ProgressCallback, build_callbacks, training_arguments
+    from tasks.trainer import ConsoleProgress, NerTrainer, ProgressCallback, build_callbacks, training_arguments
 
     labels = job.tokenized.label_names
     data = job.tokenized.load()
     tokenizer = load_tokenizer(job.pretrained)
     network = pretrained_network(job.pretrained, labels)
     network.config.nerflow_decoding = job.decoding  # nerflow predict reads it from config.json
+    network.config.nerflow_tag_scheme = job.tokenized.tag_scheme  # and writes tags back in the source's scheme
     batching = resolve_batching(job.hparams.batching, device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by torchrun
     args = training_arguments(
@@ -150,6 +151,9 @@ def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_mo
         pad_multiple=pad_multiple(batching, device),
     )
     trainer.remove_callback(PrinterCallback)  # EpochLogCallback already logs through Prefect
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ConsoleProgress):
+            callback.trainer = trainer  # its last loss, for the progress line
     return trainer
 
 
@@ -206,9 +210,10 @@ def train_model(job: TrainJob) -> ModelRef | None:
 
     Under torchrun every process calls this; only rank 0 returns a ModelRef (the others None)."""
     from transformers import set_seed
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    from tasks.logs import quiet_third_party
+
+    quiet_third_party()
     device, bf16, fp16 = training_device(job.hparams.precision)
     compile_model = job.hparams.compile == "on" or (job.hparams.compile == "auto" and device == "cuda")
     set_seed(job.hparams.seed)
@@ -319,13 +324,13 @@ def train_task(job: TrainJob) -> ModelRef | None:
         logger.info("training done on this node; the node holding rank 0 evaluates and publishes")
         return None
     logger.info(
-        "trained on %s (%s, %s batches%s) in %.1f s; best validation F1 %s%s",
+        "trained on %s (%s, %s batches%s) in %.1f s; best validation F1 %.4f%s",
         ref.device,
         ref.precision,
         ref.batching,
         f", compiled in {ref.compile_s:.1f} s" if ref.compiled else "",
         ref.train_runtime_s,
-        ref.best_validation_f1,
+        ref.best_validation_f1 or 0.0,
         f" (resumed from {ref.resumed_from})" if ref.resumed_from else "",
     )
     create_table_artifact(key="training-epochs", table=ref.epochs, description="Per epoch: losses and validation scores (word level)")

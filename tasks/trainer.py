@@ -55,6 +55,13 @@ class NerTrainer(Trainer):
     def __init__(self, *args: Any, batching: str, decoding: str, label_names: list[str], pad_multiple: int | None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.batching, self.decoding, self.label_names, self.pad_multiple = batching, decoding, label_names, pad_multiple
+        self.last_loss: torch.Tensor | None = None
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Kept on the device: the console reads it every few seconds, not every step (no host sync).
+        loss = super().training_step(*args, **kwargs)
+        self.last_loss = loss.detach()
+        return loss
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -183,6 +190,67 @@ class BackgroundProgress:
                 return
 
 
+class LossEachEpoch(TrainerCallback):
+    """A training-loss log entry at the end of every epoch, whatever train.logging_steps says: a short
+    epoch (fewer steps than logging_steps) still gets its loss in the log, the epoch table and the card."""
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_log = True  # the Trainer logs once per step at most: no double entry
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60} m {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class ConsoleProgress(TrainerCallback):
+    """A live progress line while training (rank 0): step, epoch, loss, rate, time left. On a terminal
+    a bar redrawn in place on stderr; otherwise (a worker's log, a pipe) a log line every
+    `every_s` seconds."""
+
+    def __init__(self, logger: Callable[[], logging.Logger | logging.LoggerAdapter], every_s: float = 10.0, stream=None) -> None:
+        import sys
+
+        self.logger, self.every_s, self.stream = logger, every_s, stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.trainer: NerTrainer | None = None  # set once the trainer exists: its last loss
+        self.started = self.last_shown = 0.0
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = self.last_shown = time.monotonic()
+        self.first_step = state.global_step  # a resumed run counts its rate from here
+
+    def line(self, state) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = (state.global_step - self.first_step) / elapsed if elapsed > 0 else 0.0
+        loss = self.trainer.last_loss if self.trainer is not None else None
+        left = f"{_duration((state.max_steps - state.global_step) / rate)} left" if rate > 0 else "time left -"
+        return (
+            f"training: step {state.global_step}/{state.max_steps} | epoch {state.epoch or 0:.2f}/{state.num_train_epochs:g} | "
+            f"loss {f'{float(loss):.4f}' if loss is not None else '-'} | {rate:.2f} steps/s | {left}"
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        now = time.monotonic()
+        if self.tty and now - self.last_shown >= 0.5:
+            width = 24
+            filled = int(width * state.global_step / max(state.max_steps, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.line(state)}\033[K")
+            self.stream.flush()
+            self.last_shown = now
+        elif not self.tty and now - self.last_shown >= self.every_s:
+            self.logger().info(self.line(state))
+            self.last_shown = now
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.tty and state.is_world_process_zero:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 class ProgressCallback(TrainerCallback):
     """Keeps the run's progress artifact at the share of training steps done (rank 0 only)."""
 
@@ -219,7 +287,7 @@ class EarlyStopReport(TrainerCallback):
 
 def build_callbacks(logger: Callable[[], logging.Logger | logging.LoggerAdapter], hparams: TrainSettings | None = None) -> list[TrainerCallback]:
     """Trainer callbacks of a run (tests add a fault-injecting one here)."""
-    callbacks: list[TrainerCallback] = [EpochLogCallback(logger)]
+    callbacks: list[TrainerCallback] = [EpochLogCallback(logger), LossEachEpoch(), ConsoleProgress(logger)]
     if hparams is not None and hparams.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 

@@ -8,33 +8,54 @@ the pipeline (checkpoints, evaluation, tracking) are refused with the reason.
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 from typing import Any
 
-# Fields nerflow sets: which setting to use instead, or why nerflow keeps them.
+# Names users bring from transformers' TrainingArguments and run_ner.py, and the setting that holds each.
+SETTING_ALIASES = {
+    "num_train_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size",
+    "learning_rate": "train.learning_rate",
+    "lr": "train.learning_rate",
+    "weight_decay": "train.weight_decay",
+    "warmup_ratio": "train.warmup_ratio",
+    "warmup_steps": "train.warmup_steps",
+    "seed": "train.seed",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "lr_scheduler_type": "train.lr_scheduler",
+    "optim": "train.optimizer",
+    "max_grad_norm": "train.max_grad_norm",
+    "label_smoothing_factor": "train.label_smoothing",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "auto_find_batch_size": "train.auto_batch_size",
+    "save_total_limit": "train.save_total_limit",
+    "logging_steps": "train.logging_steps",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "torch_compile": "train.compile",
+    "model_name_or_path": "model.checkpoint",
+    "dataset_name": "dataset.source",
+    "dataset_config_name": "dataset.config",
+    "train_file": "dataset.source (a folder holding train, validation and test files)",
+    "text_column_name": "dataset.tokens_column",
+    "label_column_name": "dataset.tags_column",
+    "max_seq_length": "tokenize.max_length",
+    "label_all_tokens": "tokenize.alignment",
+    "push_to_hub": "publish.targets",
+    "hub_model_id": "publish.hub_repo_id",
+    "report_to": "tracking.backends",
+}
+
+# Fields nerflow manages that no setting of the same meaning holds (those that one does are in
+# SETTING_ALIASES): why nerflow keeps them.
 MANAGED = {
-    "learning_rate": "use train.learning_rate",
-    "per_device_train_batch_size": "use train.batch_size",
-    "per_device_eval_batch_size": "use train.eval_batch_size",
-    "gradient_accumulation_steps": "use train.gradient_accumulation_steps",
-    "num_train_epochs": "use train.epochs",
     "max_steps": "use train.epochs (the schedule, evaluation and checkpoints follow epochs)",
-    "weight_decay": "use train.weight_decay",
-    "warmup_steps": "use train.warmup_ratio or train.warmup_steps",
-    "seed": "use train.seed",
     "data_seed": "use train.seed",
-    "lr_scheduler_type": "use train.lr_scheduler",
-    "optim": "use train.optimizer",
-    "max_grad_norm": "use train.max_grad_norm",
-    "gradient_checkpointing": "use train.gradient_checkpointing",
     "activation_checkpointing": "use train.gradient_checkpointing",
-    "label_smoothing_factor": "use train.label_smoothing",
-    "auto_find_batch_size": "use train.auto_batch_size",
-    "bf16": "use train.precision",
-    "fp16": "use train.precision",
-    "torch_compile": "use train.compile",
     "torch_compile_mode": "use train.compile",
-    "save_total_limit": "use train.save_total_limit",
-    "logging_steps": "use train.logging_steps",
     "output_dir": "nerflow keeps checkpoints in the run folder",
     "run_name": "nerflow names runs (run_name)",
     "eval_strategy": "nerflow evaluates every epoch to pick the best one",
@@ -43,15 +64,24 @@ MANAGED = {
     "load_best_model_at_end": "nerflow keeps the best epoch by validation F1",
     "metric_for_best_model": "nerflow selects by word-level validation F1",
     "greater_is_better": "nerflow selects by word-level validation F1",
-    "report_to": "use tracking.backends",
     "logging_dir": "nerflow writes TensorBoard files into the run folder",
     "resume_from_checkpoint": "nerflow resumes from the run's last complete checkpoint",
-    "push_to_hub": "use publish.targets (quality gate, one commit per run)",
     "use_cpu": "nerflow uses a GPU when there is one",
     "ddp_backend": "nerflow picks NCCL on GPUs, gloo on CPUs",
     "disable_tqdm": "nerflow reports progress through Prefect",
     "logging_nan_inf_filter": "it reads the loss on the host every step",
 }
+
+
+def managed(name: str) -> str | None:
+    """Why nerflow sets this TrainingArguments field itself (None: a user may set it)."""
+    if name in MANAGED:
+        return MANAGED[name]
+    if name in SETTING_ALIASES and SETTING_ALIASES[name].startswith(("train.", "tracking.", "publish.")):
+        return f"use {SETTING_ALIASES[name]}"
+    if name.startswith("hub_"):
+        return "use publish.*: one commit per run, after the quality gate"
+    return None
 
 
 def training_argument_types() -> dict[str, Any]:
@@ -63,19 +93,18 @@ def training_argument_types() -> dict[str, Any]:
 
 
 def check_trainer_args(args: dict[str, Any]) -> None:
-    """ValueError naming every unknown, managed or wrongly typed field."""
+    """ValueError naming every unknown, managed or wrongly typed field (the settings validator: no file
+    is read here, the run policy has not looked at the paths yet)."""
     import transformers
     from pydantic import TypeAdapter, ValidationError
 
     types = training_argument_types()
     problems = []
     for name, value in args.items():
-        if name in MANAGED:
-            problems.append(f"{name}: set by nerflow ({MANAGED[name]})")
-        elif name.startswith("hub_"):
-            problems.append(f"{name}: set by nerflow (use publish.*: one commit per run, after the quality gate)")
+        if reason := managed(name):
+            problems.append(f"{name}: set by nerflow ({reason})")
         elif name not in types or name.startswith("_"):
-            close = difflib.get_close_matches(name, [n for n in types if n not in MANAGED and not n.startswith("_")], n=3)
+            close = difflib.get_close_matches(name, [n for n in types if not managed(n) and not n.startswith("_")], n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             problems.append(f"{name}: not a TrainingArguments field of transformers {transformers.__version__}{hint}")
         else:
@@ -85,3 +114,29 @@ def check_trainer_args(args: dict[str, Any]) -> None:
                 problems.append(f"{name}: {value!r} is not a valid {types[name]} ({e.errors()[0]['msg']})")
     if problems:
         raise ValueError("train.trainer_args: " + "; ".join(problems))
+
+
+def check_trainer_values(args: dict[str, Any]) -> None:
+    """InputError with what transformers itself says of the values (torch_empty_cache_steps=-1, a
+    DeepSpeed config without deepspeed installed, an FSDP config file that is not JSON): TrainingArguments
+    is built with them once, before any data is read, and after the run policy checked their paths."""
+    from tasks.errors import InputError
+
+    if args and (problem := _refused_by_transformers(json.dumps(args, sort_keys=True, default=str))):
+        raise InputError(f"train.trainer_args: {problem}")
+
+
+@functools.lru_cache(maxsize=64)
+def _refused_by_transformers(args_json: str) -> str | None:
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            TrainingArguments(output_dir=scratch, **json.loads(args_json))
+    except ImportError as e:  # DeepSpeed and friends are optional packages
+        return f"needs a package that is not installed ({str(e).splitlines()[0][:200]})"
+    except (ValueError, TypeError, OSError) as e:
+        return str(e).strip().splitlines()[0][:300]
+    return None

@@ -57,6 +57,7 @@ class PullRequest:
 @dataclass
 class Repo:
     private: bool
+    gated: bool = False  # answers as the Hub does a gated repo whose terms the token's user has not accepted
     commits: list[Commit] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     pull_requests: list[PullRequest] = field(default_factory=list)
@@ -195,6 +196,9 @@ class HubStandIn:
                     repo = hub.repos.get(repo_id)
                     if repo is None:
                         return self._no_repo()
+                    if repo.gated:
+                        message = f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it."
+                        return self._send(403, {"error": message}, headers={"X-Error-Code": "GatedRepo", "X-Error-Message": message})
                     return self._repo_api(repo_id, repo, action, rest, body)
                 if len(parts) >= 4 and parts[2] == "resolve":
                     repo = hub.repos.get(f"{parts[0]}/{parts[1]}")

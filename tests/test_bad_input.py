@@ -5,6 +5,7 @@ parquet, CoNLL, CSV, TSV, and labels.txt beside them)."""
 
 import json
 import signal
+import re
 import string
 from contextlib import contextmanager
 from pathlib import Path
@@ -287,7 +288,7 @@ def broken_labels(draw) -> bytes:
     elif kind == "blank":
         names.insert(draw(st.integers(1, len(names) - 1)), draw(st.sampled_from(["", " ", "\t"])))
     elif kind == "not-iob":
-        names.insert(draw(st.integers(0, len(names))), draw(st.text(alphabet=string.ascii_letters + "-_ ", min_size=1, max_size=8).filter(lambda t: t.strip() and not (t.strip() == "O" or t.strip()[:2] in ("B-", "I-")))))
+        names.insert(draw(st.integers(0, len(names))), draw(st.text(alphabet=string.ascii_letters + "-_ ", min_size=1, max_size=8).filter(lambda t: t.strip() and not re.match(r"^(O|[BIESLU]-.+)$", t.strip()))))
     elif kind == "no-o":
         names.remove("O")
     elif kind == "not-utf8":

@@ -22,7 +22,7 @@ def scores(f1: float) -> dict:
     }
 
 
-def refs(tmp_path: Path, language: str | None, source: str = "unimelb-nlp/wikiann", config: str | None = "bn"):
+def refs(tmp_path: Path, language: str | None, source: str = "unimelb-nlp/wikiann", config: str | None = "bn", **dataset_fields):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (tmp_path / "train_log.json").write_text(
@@ -54,13 +54,14 @@ def refs(tmp_path: Path, language: str | None, source: str = "unimelb-nlp/wikian
         source=source,
         config=config,
         revision="abc123",
+        source_revision="abc123",
         label_names=LABELS,
         num_rows={"train": 10000, "validation": 1000, "test": 1000},
         iob_violations={"train": 0, "validation": 0, "test": 0},
         language=language,
         profile=[],
         split_names={"train": "train", "validation": "validation", "test": "test"},
-    )
+    ).model_copy(update=dataset_fields)
     tokenized = TokenizedRef(
         path=str(tmp_path / "tok"),
         cache_key="k",
@@ -122,3 +123,20 @@ def test_widget_examples_configurable_and_card_checked(tmp_path):
     problems = check_card(Path(ref.path))
     assert "widget: no examples with text" in problems
     assert "model-index: no token-classification f1 result" in problems
+
+
+def test_a_local_dataset_is_named_never_shown_as_a_path(tmp_path):
+    from huggingface_hub import ModelCard
+
+    folder = tmp_path / "corpora" / "my-ner-data"
+    model, evaluation, dataset, tokenized = refs(
+        tmp_path, "en", source=str(folder), config=None, name="my-ner-data", revision="sha256:ffffffffffffffff", source_revision=None,
+        tag_scheme="bioes", source_label_names=["O", "B-PER", "I-PER", "E-PER", "S-PER"],
+    )
+    ref = render_model_card(model, evaluation, dataset, tokenized, RunSettings(), "run-3")
+    text = Path(ref.path).read_text()
+    assert str(tmp_path) not in text and "corpora" not in text
+    (result, *_) = ModelCard.load(ref.path).data.eval_results
+    assert result.dataset_name == "my-ner-data" and result.dataset_type == "local" and result.dataset_revision is None
+    assert "Revision" not in text and text.count("ffffffffffffffff") == 1  # the fingerprint, once, called that
+    assert "The dataset's tags are BIOES" in text and "`S-PER`" in text

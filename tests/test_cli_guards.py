@@ -48,6 +48,7 @@ def test_bad_rows_are_one_message_and_exit_code_2_with_the_traceback_in_the_run_
     assert out.returncode == 2, console[-3000:]
     assert "nerflow: dataset validation failed (3 problem(s))" in out.stderr
     assert "train.jsonl, split 'train', row 0 (line 1), field 'ner_tags': 2 tags for 3 words" in out.stderr
+    assert console.count("2 tags for 3 words") == 1  # said once: not by Prefect's lines, then nerflow's
     assert "Traceback" not in console and "View at" not in console
     with sqlite3.connect(home / "prefect.db") as db:
         (state, message) = db.execute("SELECT s.name, s.message FROM flow_run f JOIN flow_run_state s ON s.id = f.state_id").fetchone()

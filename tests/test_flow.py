@@ -268,6 +268,12 @@ def test_cli_runs_on_its_own_temporary_server(tiny_settings, tmp_path):
         logs = [m for (m,) in db.execute("SELECT message FROM log WHERE flow_run_id = ?", (runs[0][0],))]
     assert any(m.startswith("Finished in state Completed") for m in logs), logs[-5:]  # the flow's last log line
     assert any("model card written to" in m for m in logs)
+    # The console is nerflow's: no third-party progress bars or load reports, a loss for every epoch.
+    console = out.stdout + out.stderr
+    for noise in ("Saving the dataset", "Writing model shards", "it/s]", "LOAD REPORT", "newly initialized"):
+        assert noise not in console, noise
+    assert "tagging scheme: IOB2" in console and "train loss n/a" not in console
+    assert console.count("| train loss ") == 2  # tiny_settings trains 2 epochs
 
 
 def test_new_weights_behind_the_same_checkpoint_path_are_trained_on_not_served_from_cache(tiny_bert, tmp_path):

@@ -94,7 +94,9 @@ def test_all_problems_reported_together(tmp_path):
     bad = [{"tokens": ["a"], "ner_tags": [99]}] * 30
     with pytest.raises(DatasetValidationError) as err:
         ingest(tmp_path, make_folder(tmp_path, train=bad))
-    assert "(30 problem(s))" in str(err.value) and "... and 10 more" in str(err.value)
+    # One line for the 30 like problems: how many names there are, which ids the tags use, the first.
+    assert "(30 problem(s))" in str(err.value) and len(str(err.value).splitlines()) == 2
+    assert "labels.txt has 7 names (ids 0..6); the tags use ids up to 99: 30 tag(s) without a name, the first: " in str(err.value)
 
 
 def test_iob_violations_are_counted_not_fatal(tmp_path):

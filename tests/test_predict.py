@@ -190,3 +190,48 @@ def test_cli_predicts_a_file_with_a_progress_bar(model_dir, tmp_path, capsys):
     assert len(read_jsonl(out)) == 30
     assert main(["predict", model_dir, "--input", str(tmp_path / "missing.txt"), "--output", str(out)]) == 2
     assert "missing.txt: no such input file" in capsys.readouterr().err
+
+
+def test_labelled_input_is_checked_before_the_model_runs_and_nothing_is_written(model_dir, tmp_path, monkeypatch):
+    from tasks.errors import InputError
+    from tasks.predict import NerPredictor
+    from tasks.predict_io import predict_file
+
+    rows = [{"tokens": [p, v, "in", c, "."], "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"]} for p, v, c in sentences(30, seed=8)]
+    rows[29]["ner_tags"] = ["B-PER", "O", "O", "B-TIME", "O"]  # the last document: a tag the model has not
+    (tmp_path / "gold.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ran = []
+    monkeypatch.setattr(NerPredictor, "word_scores", lambda self, docs, progress=None: ran.append(docs) or [])
+    with pytest.raises(InputError, match=r"gold.jsonl: tags \['B-TIME'\] are not the model's labels"):
+        predict_file(model_dir, tmp_path / "gold.jsonl", tmp_path / "out.jsonl", labelled=True)
+    assert ran == [] and not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.scores.json").exists()
+
+
+def test_a_conll_txt_is_read_as_conll_and_tags_are_written_in_the_scheme_asked_for(model_dir, tmp_path):
+    """CoNLL-2003 style (IOB1, space-separated, -DOCSTART-) in a .txt: read as word-per-line blocks, its
+    IOB1 gold converted for scoring; tags written back in IOB1 or BIOES on request, one entity per span."""
+    from tasks.predict_io import predict_file
+
+    facts = sentences(20, seed=9)
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for p, v, c in facts:
+        lines += [f"{p} NNP B-NP I-PER", f"{v} VBZ B-VP O", "in IN B-PP O", f"{c} NNP B-NP I-LOC", ". . O O", ""]
+    (tmp_path / "test.txt").write_text("\n".join(lines) + "\n")
+    summary = predict_file(model_dir, tmp_path / "test.txt", tmp_path / "out.jsonl", labelled=True, scheme="iob1")
+    scores = json.loads((tmp_path / "out.jsonl.scores.json").read_text())
+    assert summary["documents"] == 20 and scores["gold_tag_scheme"] == "iob1" and scores["f1"] > 0.9
+    written = read_jsonl(tmp_path / "out.jsonl")
+    assert all(line["tags"][0] == "I-PER" and line["tags"][3] == "I-LOC" for line in written)  # IOB1, as the gold
+    predict_file(model_dir, tmp_path / "test.txt", tmp_path / "out.conll", scheme="bioes")
+    blocks = (tmp_path / "out.conll").read_text().strip().split("\n\n")
+    assert len(blocks) == 20 and blocks[0].splitlines()[0] == f"{facts[0][0]}\tS-PER"
+
+
+def test_cli_options_may_come_anywhere_on_the_line(model_dir, capsys):
+    from flows.cli import main
+
+    assert main(["predict", model_dir, "--json", "Maria lives in Paris ."]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--json", model_dir, "Maria lives in Paris ."]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert [(e["entity"], e["text"]) for e in first[0]["entities"]] == [("PER", "Maria"), ("LOC", "Paris")]

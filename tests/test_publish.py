@@ -417,6 +417,9 @@ def test_tokenize_loads_a_hub_tokenizer_through_dropped_connections(hub, tiny_be
 
     @flow
     def tokenize_only():
+        from tasks.caching import ensure_result_storage
+
+        ensure_result_storage()  # what nerflow's flows do before their first cached step
         return tokenize_task.with_options(retry_delay_seconds=0)(dataset, settings.model, settings.tokenize, cache, return_state=True)
 
     state = tokenize_only()
@@ -462,3 +465,24 @@ def test_predict_flow_reads_from_and_writes_to_s3(finished_run, s3):
         return [a.key for a in found]
 
     assert "prediction-summary" in asyncio.run(artifact_keys())
+
+
+def test_a_mistyped_or_gated_checkpoint_is_one_line_from_the_hub_and_a_real_one_passes(hub, monkeypatch):
+    """Online, the Hub's own answers (RepoNotFound, GatedRepo) become one line before any work; an
+    existing repository passes the check."""
+    import huggingface_hub.constants
+
+    from tasks.checkpoints import check_checkpoint
+    from tasks.errors import InputError
+    from tasks.settings import ModelSettings
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    hub.add_model_repo("nerflow/tiny-bert", {"config.json": b"{}"})
+    hub.add_model_repo("meta/gated-model", {"config.json": b"{}"}).gated = True
+    check_checkpoint(ModelSettings(checkpoint="nerflow/tiny-bert"))
+    with pytest.raises(InputError, match=r"model.checkpoint 'nerflow/tiny-brt': no such repository on the Hub \(a typo\?"):
+        check_checkpoint(ModelSettings(checkpoint="nerflow/tiny-brt"))
+    with pytest.raises(InputError, match=r"model.checkpoint 'meta/gated-model' is gated on the Hub: accept its terms"):
+        check_checkpoint(ModelSettings(checkpoint="meta/gated-model"))

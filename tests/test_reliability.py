@@ -114,10 +114,23 @@ def test_network_errors_are_transient_even_when_wrapped(error):
     assert network_retry_condition(None, None, state) and unless_deterministic(None, None, state)
 
 
-def test_the_hub_cache_miss_offline_is_transient():
+def test_a_hub_cache_miss_is_transient_online_and_final_offline(monkeypatch):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    assert is_transient(wrapped(LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")))
+    def miss():
+        try:
+            raise httpx.ConnectError("Name or service not known")
+        except httpx.ConnectError as e:
+            try:
+                raise LocalEntryNotFoundError("cannot reach the Hub and the file is not cached") from e
+            except LocalEntryNotFoundError as miss:
+                return wrapped(miss)
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_transient(miss())  # the Hub did not answer: worth another try
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not is_transient(miss()) and not is_transient(wrapped(LocalEntryNotFoundError("not cached")))
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ def test_yaml_plus_overrides_are_typed(tmp_path):
         ("tokenize.alignment=every", "tokenize.alignment"),
         ("tracking.backends=[comet]", "tracking.backends.0"),
         ("train.epocs=3", "train.epocs"),
-        ("dataset.label_names=[O, PER]", "dataset.label_names"),
+        ("dataset.label_names=[PER, B-LOC]", "dataset.label_names"),  # no O
         ("run_name=../escape", "run_name"),
         ("dataset.validation_split=train", "dataset"),
     ],

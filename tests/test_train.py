@@ -139,3 +139,54 @@ def test_early_stopping_lets_a_run_that_keeps_improving_run_to_the_end(job_for):
     f1 = [e["val_f1"] for e in ref.epochs]
     assert len(f1) == 4 and f1 == sorted(f1) and len(set(f1)) == 4  # better every epoch
     assert ref.stopped_early is None
+
+
+def test_every_epoch_logs_its_training_loss_even_when_logging_steps_exceeds_it(job_for):
+    """160 sentences in batches of 16 are 10 steps an epoch, fewer than logging_steps: the loss is
+    still logged once per epoch, so the epoch table (and the card and the trackers) have it."""
+    ref = tasks.train.train_model(job_for("few-steps", train={"logging_steps": 1000, "epochs": 3}))
+    assert [e["epoch"] for e in ref.epochs] == [1.0, 2.0, 3.0]
+    assert all(isinstance(e["train_loss"], float) and e["train_loss"] > 0 for e in ref.epochs)
+    log = json.loads((Path(ref.run_dir) / "train_log.json").read_text())
+    assert [round(e["epoch"]) for e in log if "loss" in e] == [1, 2, 3]  # one entry each, none twice
+
+
+class FakeState:
+    is_world_process_zero, num_train_epochs, max_steps = True, 3, 30
+
+    def __init__(self, step: int) -> None:
+        self.global_step, self.epoch = step, step / 10
+
+
+def test_the_console_shows_step_epoch_loss_rate_and_time_left():
+    import io
+
+    import torch
+
+    from tasks.trainer import ConsoleProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    lines: list[str] = []
+
+    class Logger:
+        def info(self, message):
+            lines.append(message)
+
+    piped = ConsoleProgress(lambda: Logger(), every_s=0.0, stream=io.StringIO())  # a worker's log: lines
+    piped.trainer = type("T", (), {"last_loss": torch.tensor(0.75)})()
+    piped.on_train_begin(None, FakeState(0), None)
+    for step in (1, 2, 3):
+        piped.on_step_end(None, FakeState(step), None)
+    assert len(lines) == 3 and lines[-1].startswith("training: step 3/30 | epoch 0.30/3 | loss 0.7500 | ")
+    assert "steps/s" in lines[-1] and "left" in lines[-1]
+    screen = Terminal()
+    bar = ConsoleProgress(lambda: Logger(), stream=screen)  # a terminal: one line redrawn in place
+    bar.on_train_begin(None, FakeState(0), None)
+    bar.last_shown = 0.0
+    bar.on_step_end(None, FakeState(15), None)
+    bar.on_train_end(None, FakeState(30), None)
+    assert screen.getvalue().startswith("\r[############............] training: step 15/30") and screen.getvalue().endswith("\n")
+    assert len(lines) == 3  # nothing from the bar went to the log
