@@ -13,10 +13,10 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 demo: $(VENV)/.installed-demo
 	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
 
-# Two workers, a test file each at a time (module fixtures such as servers stay within one worker):
-# many tests wait on servers, workers and subprocesses, so two share the 2-core box well.
+# Three workers, a test file each at a time (module fixtures such as servers stay within one worker):
+# many tests wait on servers, workers, heartbeats and subprocesses, so three share the 2-core box well.
 test: $(VENV)/.installed-test
-	$(OFFLINE) $(BIN)/python -m pytest -n 2 --dist loadfile
+	$(OFFLINE) $(BIN)/python -m pytest -n 3 --dist loadfile
 
 # Everything but the end-to-end tests (servers, worker, browser, torchrun, benchmark scripts).
 test-fast: $(VENV)/.installed-test

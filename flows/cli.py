@@ -226,6 +226,9 @@ def cmd_sweep(settings: RunSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+PUBLISH_LOCK_WAIT_S = 600.0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -245,8 +248,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except ValidationError as e:
             raise SettingsError(describe_validation_error(e, str(saved)) + "\n(pass --model-name to publish without it)") from e
         model_name = run_settings.model_copy(update={"publish": publish}).resolved_model_name()
+    from tasks.storage import folder_lock
+
     try:
-        result = publish_run(run_dir, publish, model_name)
+        # One publisher per run folder at a time, and never while a run trains into it: a second
+        # publish waits, then finds the content already published.
+        with folder_lock(run_dir, f"publish of {run_dir.name}", wait_s=PUBLISH_LOCK_WAIT_S):
+            result = publish_run(run_dir, publish, model_name)
     except PublishError as e:
         print(f"nerflow: {e}", file=sys.stderr)
         return 1
@@ -275,16 +283,19 @@ def cmd_pool_create(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(dataset: str, revision: str | None) -> int:
-    from prefect.events.worker import EventsWorker
+    from prefect.settings import get_current_settings
 
-    from flows.watcher import emit_dataset_updated, resource_id
+    from flows.watcher import resource_id, send_dataset_updated
 
-    event = emit_dataset_updated(dataset, revision)
-    EventsWorker.drain_all()  # the event is sent in the background: make sure it left before exiting
-    if event is None:
+    if not get_current_settings().api.url:
         print("nerflow: no Prefect API to send the event to (set PREFECT_API_URL)", file=sys.stderr)
         return 1
-    print(f"emitted {event.event} for {resource_id(dataset)} (revision {revision}) as event {event.id}")
+    try:
+        event_id = send_dataset_updated(dataset, revision)
+    except Exception as e:  # no API, refused credentials, a server that is down: say so, exit 1
+        print(f"nerflow: the event was not accepted ({type(e).__name__}: {str(e)[:200]}); is PREFECT_API_URL set?", file=sys.stderr)
+        return 1
+    print(f"emitted nerflow.dataset.updated for {resource_id(dataset)} (revision {revision}) as event {event_id}")
     return 0
 
 

@@ -19,7 +19,7 @@ from prefect.states import Completed, State
 from pydantic import BaseModel
 
 from flows.alerts import on_run_failure
-from flows.settings import RunSettings
+from flows.settings import DatasetSettings, RunSettings
 from tasks.caching import adopt_outputs, cached_or_rebuilt, ensure_result_storage
 from tasks.card import model_card_task, widget_predictions_task
 from tasks.evaluate import evaluate_task, metrics_exist
@@ -28,8 +28,8 @@ from tasks.publish import publish_task
 from tasks.errors import InputError
 from tasks.logs import invalid_input, quiet_input_errors_on_console, quiet_third_party
 from tasks.policy import check_run_policy
-from tasks.storage import atomic_write_json, folder_lock
-from tasks.refs import TrackingRef, TrainJob
+from tasks.storage import atomic_write_json, folder_lock, recover_interrupted_swaps
+from tasks.refs import DatasetRef, TrackingRef, TrainJob
 from tasks.tokenize import tokenize_task, tokenized_exists
 from tasks.track import start_tracking_task, track_task
 from tasks.train import model_exists, train_task
@@ -112,10 +112,13 @@ def revision_already_handled(revision: str | None) -> str | None:
 @contextmanager
 def run_folder(settings: RunSettings, run_name: str) -> Iterator[Path]:
     """The run's folder, locked for this run (a second run with the same name is refused, never a second
-    writer), with the resolved settings recorded (they hold no secrets, only block names)."""
+    writer), cleared of what an earlier attempt's kill left half-done, with the resolved settings
+    recorded (they hold no secrets, only block names)."""
     run_dir = Path(settings.output_dir) / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(run_dir, f"run {run_name!r}"):
+        for line in recover_interrupted_swaps(run_dir):
+            get_run_logger().warning("%s: %s", run_dir, line)
         resolved = settings.model_copy(update={"run_name": run_name})
         atomic_write_json(run_dir / "settings.json", resolved.model_dump(mode="json"))
         yield run_dir
@@ -187,6 +190,7 @@ def run_pipeline(settings: RunSettings, run_name: str, run_dir: Path) -> RunResu
     cache_dir = str(settings.resolved_cache_dir())
     tracking = start_tracking_task(settings.tracking, run_name) if settings.tracking.backends else TrackingRef()
     dataset = ingest_task(settings.dataset, cache_dir)
+    label_trained_revision(settings.dataset, dataset)
     tokenized = cached_or_rebuilt(tokenize_task, tokenized_exists, dataset, settings.model, settings.tokenize, cache_dir)
     job = TrainJob.for_run(settings, tokenized, run_dir, run_name).model_copy(update={"mlflow_run_id": tracking.mlflow_run_id})
     train_step = train_task if settings.train.reuse_cached_model else train_task.with_options(refresh_cache=True)
@@ -206,6 +210,25 @@ def run_pipeline(settings: RunSettings, run_name: str, run_dir: Path) -> RunResu
     result = run_result(run_name, run_dir, dataset, model, evaluation, card, publication, found, tracking)
     create_markdown_artifact(key="run-summary", markdown=summary_markdown(result), description="Where the model is")
     return result
+
+
+def label_trained_revision(cfg: DatasetSettings, dataset: DatasetRef) -> None:
+    """Put the dataset revision this run trains on as a label on the flow run, where the watcher finds
+    it if its own record is lost (flows.watcher.last_trained_revision). Best effort: a run never
+    fails over its label."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    from flows.watcher import TRAINED_REVISION_LABEL
+    from tasks.sources import source_revision
+
+    try:
+        revision = dataset.source_revision or source_revision(cfg)
+        if flow_run.id:
+            with get_client(sync_client=True) as client:
+                client.update_flow_run_labels(flow_run.id, {TRAINED_REVISION_LABEL: revision})
+    except Exception as e:
+        get_run_logger().debug("could not label the run with its dataset revision: %s", type(e).__name__)
 
 
 def run_result(run_name, run_dir, dataset, model, evaluation, card, publication, found, tracking) -> RunResult:

@@ -1,5 +1,6 @@
 """`nerflow serve` (and `make serve`): a local Prefect server, the `gpu` pool, the deployments and a
-worker, so a user can start runs from the UI. Everything listens on 127.0.0.1, and the API requires
+worker, so a user can start runs from the UI. The server and the worker die with `nerflow serve`,
+however it ends (tasks.lifeline). Everything listens on 127.0.0.1, and the API requires
 credentials (HTTP basic auth): PREFECT_SERVER_API_AUTH_STRING (user:password) when the operator sets
 it, else generated ones kept in a file only the operator can read. Without them any local user could
 read every Secret block through the API. The temporary server behind a local `nerflow train` gets
@@ -20,6 +21,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from flows.pools import create_pool
+from tasks.lifeline import lifeline_command
 from tasks.storage import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +50,7 @@ def wait_healthy(api_url: str, timeout_s: float = 120, proc: subprocess.Popen | 
 def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     log = log_path.open("ab")
     return subprocess.Popen(
-        [*prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        lifeline_command([*prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -70,7 +72,7 @@ def deploy(prefect_file: Path, env: dict[str, str], cwd: Path = REPO) -> None:
 def start_worker(pool: str, env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
     log = log_path.open("ab")
     return subprocess.Popen(
-        [*prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"],
+        lifeline_command([*prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"]),
         env=env,
         cwd=cwd,
         stdout=log,
@@ -86,8 +88,11 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 15) -> int:
             break
         try:
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
+        except ProcessLookupError:  # not the leader of a group of its own: signal it alone
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                break
         try:
             proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
@@ -167,7 +172,7 @@ def start_temporary_server(port: int, auth: str) -> subprocess.Popen:
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
     return subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],
+        lifeline_command([*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"]),  # gone with this process
         env=env,
         start_new_session=True,
         umask=0o077,  # the database it creates (Secret blocks included) is readable by this user only
@@ -206,42 +211,78 @@ def serve_credentials(home: Path) -> tuple[str, str]:
 # Leases of deployment concurrency limits on disk (PREFECT_HOME/concurrency_leases), not in the
 # server's memory: a restarted server still knows them, so renewing one does not fail with HTTP 410.
 PERSISTENT_LEASES = {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem"}
-MAX_RESTARTS = 5  # of the server or the worker, over the life of one `nerflow serve`
+# Restarts: right away after a process that ran a while, then waits that double for one that keeps
+# dying at once (a port taken, a broken database), up to a minute; never a last time.
+FIRST_BACKOFF_S, MAX_BACKOFF_S, STABLE_AFTER_S = 1.0, 60.0, 120.0
+# A server that does not answer its health check this many times in a row, HEALTH_EVERY_S apart, is
+# hung (deadlocked, stopped, swapping): it is killed and started again.
+HEALTH_EVERY_S, HEALTH_FAILURES = 5.0, 3
 
 
 class Supervised:
-    """A child process that is started again (up to MAX_RESTARTS times) when it exits on its own."""
+    """A child process that is started again whenever it exits, or stops answering its health check,
+    with a backoff between starts that fail fast, and no limit on how often."""
 
-    def __init__(self, name: str, start: Callable[[], subprocess.Popen], pid_file: Path) -> None:
-        self.name, self.start, self.pid_file, self.restarts = name, start, pid_file, 0
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen], pid_file: Path, healthy: Callable[[], bool] | None = None, clock=time.monotonic) -> None:
+        self.name, self.start, self.pid_file, self.healthy, self.clock = name, start, pid_file, healthy, clock
+        self.restarts, self.backoff, self.restart_at, self.failed_checks = 0, FIRST_BACKOFF_S, None, 0
+        self.next_health_check = clock() + HEALTH_EVERY_S
         self.proc = self._launch()
 
     def _launch(self) -> subprocess.Popen:
         proc = self.start()
+        self.started_at = self.clock()
         atomic_write_text(self.pid_file, f"{proc.pid}\n")  # a reader never sees it empty
         return proc
 
-    def check(self) -> bool:
-        """Restart the process if it died; False once it may not be restarted any more."""
-        code = self.proc.poll()
-        if code is None:
-            return True
-        if self.restarts >= MAX_RESTARTS:
-            print(f"the {self.name} exited (code {code}) {self.restarts} times; giving up", file=sys.stderr, flush=True)
+    def _say(self, message: str) -> None:
+        print(f"the {self.name} {message}", file=sys.stderr, flush=True)
+
+    def _hung(self) -> bool:
+        if self.healthy is None or self.clock() < self.next_health_check:
             return False
-        self.restarts += 1
-        print(f"the {self.name} exited (code {code}); starting it again ({self.restarts} of {MAX_RESTARTS})", file=sys.stderr, flush=True)
-        self.proc = self._launch()
-        return True
+        self.next_health_check = self.clock() + HEALTH_EVERY_S
+        self.failed_checks = 0 if self.healthy() else self.failed_checks + 1
+        return self.failed_checks >= HEALTH_FAILURES
+
+    def check(self) -> None:
+        """Restart the process if it died or hangs (after its backoff)."""
+        now = self.clock()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.restart_at, self.restarts = None, self.restarts + 1
+                self._say(f"starts again (restart {self.restarts})")
+                self.proc = self._launch()
+            return
+        code = self.proc.poll()
+        if code is None and self._hung():
+            self._say(f"did not answer its health check {HEALTH_FAILURES} times in a row; killing it")
+            self.proc.kill()  # a hung process may not act on TERM (a stopped one cannot)
+            code = self.proc.wait()
+        if code is None:
+            return
+        self.failed_checks = 0
+        self.backoff = FIRST_BACKOFF_S if now - self.started_at >= STABLE_AFTER_S else min(MAX_BACKOFF_S, self.backoff * 2)
+        self.restart_at = now + (0.0 if self.backoff == FIRST_BACKOFF_S else self.backoff)
+        self._say(f"exited (code {code}); starting it again in {self.restart_at - now:.0f} s")
 
     def stop(self) -> None:
         stop_process(self.proc)
         self.pid_file.unlink(missing_ok=True)
 
 
+def answers(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=HEALTH_EVERY_S) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def serve(port: int, pool: str, prefect_file: Path, workdir: Path, home: Path | None) -> int:
-    """Start server, pool, deployments and worker; keep the server and the worker running (a crashed
-    one is started again: runs in flight go on) until SIGINT/SIGTERM; then stop them in order."""
+    """Start server, pool, deployments and worker; keep the server and the worker running (one that
+    dies or hangs is started again, however often: runs in flight go on) until SIGINT/SIGTERM; then
+    stop them in order."""
     workdir.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
     env = {**PERSISTENT_LEASES, **os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url}
@@ -254,7 +295,7 @@ def serve(port: int, pool: str, prefect_file: Path, workdir: Path, home: Path | 
     env = {k: v for k, v in env.items() if k != "PREFECT_SERVER_API_AUTH_STRING"} | {"PREFECT_API_AUTH_STRING": auth}
     server_env = env | {"PREFECT_SERVER_API_AUTH_STRING": auth}
     print(f"API auth on: user:password from {where}" + (" (readable by you only)" if where != "PREFECT_SERVER_API_AUTH_STRING" else ""), flush=True)
-    server = Supervised("Prefect server", lambda: start_server(port, server_env, workdir / "server.log"), workdir / "server.pid")
+    server = Supervised("Prefect server", lambda: start_server(port, server_env, workdir / "server.log"), workdir / "server.pid", lambda: answers(api_url))
     worker = None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -265,20 +306,23 @@ def serve(port: int, pool: str, prefect_file: Path, workdir: Path, home: Path | 
         worker = Supervised("worker", lambda: start_worker(pool, env, workdir / "worker.log", workdir), workdir / "worker.pid")
         print(f"Prefect UI: http://127.0.0.1:{port}", flush=True)
         print(f"work pool {pool!r} (process) with a worker; runs write under {workdir}", flush=True)
-        print(
-            "deployments: finetune_ner/wikiann-bn, watch_dataset/wikiann-bn-watcher, recover_crashed_run/crash-recovery, "
-            "predict_ner/batch; "
-            "Ctrl-C stops everything",
-            flush=True,
-        )
+        print(f"deployments: {', '.join(deployment_names(prefect_file))}; Ctrl-C stops everything", flush=True)
         while not stop.wait(1):
-            if not (server.check() and worker.check()):
-                return 1
+            server.check()
+            worker.check()
         return 0
     finally:
         if worker is not None:
             worker.stop()
         server.stop()
+
+
+def deployment_names(prefect_file: Path) -> list[str]:
+    """FLOW/DEPLOYMENT of each deployment in a prefect.yaml (nerflow's flows are named as their functions)."""
+    import yaml
+
+    spec = yaml.safe_load(prefect_file.read_text(encoding="utf-8"))
+    return [f"{d['entrypoint'].rsplit(':', 1)[-1]}/{d['name']}" for d in spec.get("deployments", [])]
 
 
 def set_up_deployments(api_url: str, env: dict[str, str], pool: str, prefect_file: Path, workdir: Path) -> None:

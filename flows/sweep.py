@@ -34,6 +34,7 @@ from tasks.ingest import ingest_task
 from tasks.policy import policy_problems, refuse
 from tasks.publish import PublishResult, publish_task
 from tasks.settings import RunSettings, SettingsError, apply_overrides, describe_validation_error
+from tasks.storage import folder_lock
 from tasks.tokenize import tokenize_task
 
 
@@ -176,7 +177,8 @@ def sweep_ner(
         raise InputError(f"sweep {name}: no trial completed ({'; '.join(f'{t.number}: {t.message}' for t in board)})")
     best = max(completed, key=lambda t: (t.validation_f1, -t.number))
     logger.info("best trial: %d %s (validation F1 %.4f)", best.number, best.overrides, best.validation_f1)
-    publication = publish_task(best.run_dir, settings.publish, settings.resolved_model_name())
+    with folder_lock(Path(best.run_dir), f"publish of sweep {name}'s best trial", wait_s=600):
+        publication = publish_task(best.run_dir, settings.publish, settings.resolved_model_name())
     return SweepResult(name=name, trials=board, best=best, publication=publication)
 
 

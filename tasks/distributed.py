@@ -2,7 +2,9 @@
 
 The training task stays the same function: with more than one process it writes the TrainJob to a
 file, starts `torchrun ... -m tasks.train JOB` in a subprocess, streams its output into the Prefect
-run log and reads back the `ModelRef` that rank 0 wrote. The Trainer does the distributed work
+run log and reads back the `ModelRef` that rank 0 wrote. torchrun and each rank die with the flow
+process (tasks.lifeline), and each rank holds the run folder's training lock while it lives
+(tasks.storage.hold_training_lock), so no later attempt shares the folder with an orphan. The Trainer does the distributed work
 (DistributedSampler, gradient all-reduce, rank-0-only checkpoints); rank 0 alone writes the model
 folder and the training log, and W&B logs once (the Trainer reports from the main process only).
 """
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tasks.lifeline import lifeline_command
 from tasks.settings import TrainSettings
 from tasks.storage import atomic_write_json
 from tasks.refs import ModelRef, TrainJob
@@ -61,7 +64,8 @@ def prefect_api_environment() -> dict[str, str]:
     from prefect.settings import get_current_settings
 
     api = get_current_settings().api
-    env = {"PREFECT_API_URL": api.url} if api.url else {}
+    # No API: progress updates are skipped rather than served by a server of the rank's own.
+    env = {"PREFECT_API_URL": api.url} if api.url else {"PREFECT_SERVER_EPHEMERAL_ENABLED": "false"}
     if api.auth_string:
         env["PREFECT_API_AUTH_STRING"] = api.auth_string.get_secret_value()
     return env
@@ -77,9 +81,10 @@ def launch_distributed(job: TrainJob, log_line: Callable[[str], None] = print) -
     result_file.unlink(missing_ok=True)
     cmd = torchrun_command(job.hparams, job.run_name, job_file)
     log_line("launching: " + " ".join(cmd[1:]))
-    # Same process group: killing the task (or its parent) takes the training processes with it.
     env = {**os.environ, **prefect_api_environment()}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+    # torchrun, and through it every rank, dies with this process however it dies (tasks.lifeline): a
+    # flow process killed by the OOM killer leaves no orphan writing into the run folder.
+    proc = subprocess.Popen(lifeline_command(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     assert proc.stdout is not None
     for line in proc.stdout:
         log_line(line.rstrip())

@@ -1,8 +1,10 @@
 """publish: a quality gate, then the Hugging Face Hub, S3 and/or the local run folder.
 
-Publishing is idempotent: a Hub commit carries the run's marker in its message and a second publish of
-the same run finds it and adds nothing; an S3 upload writes `manifest.json` (files, sizes, sha256)
-last, so a reader never mistakes a half-finished upload for a model, and a retry completes it.
+Publishing is keyed on what is published, the model's content (a digest of its files), not on the
+run folder's name: a Hub commit carries the digest in its message, and publishing the same content
+again adds nothing while new weights (a re-trained run) make one new commit; an S3 upload writes
+`manifest.json` (files, sizes, sha256) last, so a reader never mistakes a half-finished upload for a
+model, a retry completes it, and other files go to a new revision prefix.
 Transient errors (connection, timeout, 429, 5xx) are retried with exponential backoff and jitter;
 401/403/404 fail at once with what to fix. Tokens and keys are never logged or written.
 """
@@ -123,8 +125,20 @@ def hub_api(token: str | None):
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
 
 
-def run_marker(run_id: str) -> str:
-    return f"[nerflow run {run_id}]"
+def model_digest(model_dir: Path) -> str:
+    """What is published, as a hash: every file of the model folder (card included) and its bytes."""
+    h = hashlib.sha256(b"nerflow-model-v1")
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and p.name != SEAL):
+        h.update(path.relative_to(model_dir).as_posix().encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def content_marker(digest: str) -> str:
+    return f"model {digest}"
+
+
+def run_marker(run_id: str, digest: str) -> str:
+    return f"[nerflow run {run_id} {content_marker(digest)}]"
 
 
 class HubMovedOn(RuntimeError):
@@ -156,19 +170,20 @@ def hub_published_f1(api, repo_id: str) -> tuple[float | None, str | None, str |
     return None, None, sha
 
 
-def find_run_commit(api, repo_id: str, run_id: str) -> str | None:
-    """The commit on main that published this run, if any (its message carries the run marker)."""
-    marker = run_marker(run_id)
+def find_model_commit(api, repo_id: str, digest: str) -> str | None:
+    """The commit that made main hold this content, if main still holds it: the newest commit nerflow
+    made, if it carries this digest. An older one does not count, as newer content replaced it."""
     commits = call_with_backoff(lambda: api.list_repo_commits(repo_id), what=f"list {repo_id} commits")
     for commit in commits:
-        if marker in commit.title or marker in (commit.message or ""):
-            return commit.commit_id
+        text = f"{commit.title}\n{commit.message or ''}"
+        if "[nerflow run " in text:
+            return commit.commit_id if content_marker(digest) in text else None
     return None
 
 
-def find_run_pull_request(api, repo_id: str, run_id: str) -> int | None:
-    """The pull request (open, merged or closed) that proposed this run, if any."""
-    marker = run_marker(run_id)
+def find_model_pull_request(api, repo_id: str, digest: str) -> int | None:
+    """The pull request (open, merged or closed) that proposed this content, if any."""
+    marker = content_marker(digest)
     found = call_with_backoff(
         lambda: [d for d in api.get_repo_discussions(repo_id, discussion_type="pull_request") if marker in d.title],
         what=f"list {repo_id} pull requests",
@@ -177,22 +192,22 @@ def find_run_pull_request(api, repo_id: str, run_id: str) -> int | None:
 
 
 def _commit_run(api, repo_id: str, model_dir: Path, run_id: str, test_f1: float, settings: PublishSettings, parent: str | None):
-    """One attempt: (URL, new?) of the run's commit or pull request, made only if none exists yet.
-
-    Checked before every attempt: a commit or PR whose response was lost must not be made twice."""
+    """One attempt: (URL, new?) of the commit or pull request holding this content, made only if none
+    exists yet. Checked before every attempt: a commit or PR whose response was lost is not made twice."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    digest = model_digest(model_dir)
     if settings.hub_create_pr:
-        number = find_run_pull_request(api, repo_id, run_id)
+        number = find_model_pull_request(api, repo_id, digest)
         if number is not None:
             return f"{api.endpoint}/{repo_id}/discussions/{number}", False
-    elif existing := find_run_commit(api, repo_id, run_id):
+    elif existing := find_model_commit(api, repo_id, digest):
         return f"{api.endpoint}/{repo_id}/commit/{existing}", False
     try:
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(model_dir),
-            commit_message=f"nerflow: test F1 {test_f1:.4f} {run_marker(run_id)}",
+            commit_message=f"nerflow: test F1 {test_f1:.4f} {run_marker(run_id, digest)}",
             commit_description=f"Trained by nerflow run {run_id}; word-level test F1 {test_f1:.4f}.",
             create_pr=settings.hub_create_pr,
             parent_commit=None if settings.hub_create_pr else parent,
@@ -233,10 +248,7 @@ def publish_to_hub(
             base_s=backoff_base_s,
         )
         if settings.hub_tag_runs and not settings.hub_create_pr:
-            oid = url.rsplit("/", 1)[-1]
-            call_with_backoff(
-                lambda: api.create_tag(repo_id, tag=f"run-{run_id}", revision=oid, exist_ok=True), what=f"tag {repo_id}", base_s=backoff_base_s
-            )
+            tag_run(api, repo_id, f"run-{run_id}", url.rsplit("/", 1)[-1], backoff_base_s)
     except HubMovedOn:
         raise
     except Exception as exc:
@@ -245,6 +257,17 @@ def publish_to_hub(
             raise explained from None
         raise
     return url, new
+
+
+def tag_run(api, repo_id: str, tag: str, oid: str, backoff_base_s: float) -> None:
+    """Tag the commit; a run published again with new content moves its tag to the new commit."""
+    refs = call_with_backoff(lambda: api.list_repo_refs(repo_id), what=f"list {repo_id} tags", base_s=backoff_base_s)
+    current = next((t.target_commit for t in refs.tags if t.name == tag), None)
+    if current == oid:
+        return
+    if current is not None:
+        call_with_backoff(lambda: api.delete_tag(repo_id, tag=tag), what=f"move tag {tag}", base_s=backoff_base_s)
+    call_with_backoff(lambda: api.create_tag(repo_id, tag=tag, revision=oid, exist_ok=True), what=f"tag {repo_id}", base_s=backoff_base_s)
 
 
 # -------------------------------------------------------------------------------------------------- s3

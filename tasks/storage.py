@@ -88,8 +88,10 @@ def is_sealed(folder: Path) -> bool:
 def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; seal it and rename it to `final` when the block succeeds.
 
-    With replace=True an existing `final` is swapped out (moved aside, then deleted) so readers see
-    either the old complete folder or the new complete folder, never a mixture.
+    With replace=True an existing `final` is swapped for the new folder in one atomic exchange where
+    the OS has one (Linux), so a reader finds the old complete folder or the new one, never none;
+    elsewhere the old folder is moved aside first. What a kill leaves behind (the old folder, a
+    temporary one) is cleared by `recover_interrupted_swaps` on the next run.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -103,16 +105,63 @@ def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
                 # Someone else finished the same work first; theirs is complete, keep it.
                 shutil.rmtree(tmp)
                 return
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            if exchange(tmp, final):  # final is the new folder now, tmp the old one
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
         fsync_tree_parent(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where the OS or the
+    filesystem cannot, and the caller falls back to two renames."""
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def recover_interrupted_swaps(folder: Path) -> list[str]:
+    """Clear what killed writes left in a folder (its holder's lock held): temporary files and folders
+    of unfinished writes, and the old half of an interrupted swap. Where the swap's final folder is
+    missing (two renames, killed between them), its newest complete old copy is put back first.
+    Returns what was done, one line each."""
+    done = []
+    folder = Path(folder)
+    leftovers = sorted((p for p in folder.glob(".*") if ".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".tmp")), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in leftovers:
+        name = path.name[1:].split(".old-")[0].split(".tmp-")[0]
+        final = folder / name
+        if ".old-" in path.name and path.is_dir() and not final.exists() and is_sealed(path):
+            os.replace(path, final)
+            done.append(f"restored {final.name} from an interrupted swap")
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        done.append(f"removed {path.name}, left by an interrupted write")
+    return done
 
 
 def fsync_tree_parent(path: Path) -> None:
@@ -124,10 +173,20 @@ def fsync_tree_parent(path: Path) -> None:
         os.close(fd)
 
 
+TRAINING_LOCK = ".training.lock"
+# How long a new holder of a run folder waits for the training processes of an earlier attempt to be
+# gone (they die with their flow process within moments; see tasks.lifeline).
+TRAINING_GONE_WAIT_S = 60.0
+
+
 @contextlib.contextmanager
-def folder_lock(folder: Path, holder: str) -> Iterator[None]:
-    """Hold an exclusive lock on folder/.lock while the block runs; a second holder is refused at once
-    with who holds it. The operating system releases the lock when its process ends, however it ends."""
+def folder_lock(folder: Path, holder: str, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on folder/.lock while the block runs; a second holder waits up to wait_s
+    (default: not at all), then is refused with who holds it. The operating system releases the lock
+    when its process ends, however it ends.
+
+    Training processes of the run (torchrun's ranks) hold folder/.training.lock shared for as long as
+    they live, so the folder is not given to a new holder until the last of them is gone."""
     import fcntl
     import socket
     import time
@@ -136,14 +195,55 @@ def folder_lock(folder: Path, holder: str) -> Iterator[None]:
 
     path = Path(folder) / ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
-            raise FolderBusy(f"{folder} is in use by {owner}: wait for it to finish, or choose another run_name") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    owner = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
+                    raise FolderBusy(f"{folder} is in use by {owner}: wait for it to finish, or choose another run_name") from None
+                time.sleep(0.2)
+        wait_for_training_processes(Path(folder))
         os.ftruncate(fd, 0)
         os.write(fd, f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})".encode())
         yield
     finally:
         os.close(fd)
+
+
+def wait_for_training_processes(folder: Path, wait_s: float = TRAINING_GONE_WAIT_S) -> None:
+    """Return once no training process holds folder/.training.lock; FolderBusy after wait_s."""
+    import fcntl
+    import time
+
+    from tasks.errors import FolderBusy
+
+    fd = os.open(Path(folder) / TRAINING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # closing the fd releases it again
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FolderBusy(f"{folder}: training processes of an earlier attempt are still running after {wait_s:.0f} s") from None
+                time.sleep(0.2)
+    finally:
+        os.close(fd)
+
+
+_HELD: list[int] = []
+
+
+def hold_training_lock(folder: Path) -> None:
+    """This process is one of the run's training processes: hold folder/.training.lock (shared) until it
+    exits, whichever way it exits (the kernel releases it)."""
+    import fcntl
+
+    fd = os.open(Path(folder) / TRAINING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _HELD.append(fd)

@@ -339,10 +339,15 @@ def train_task(job: TrainJob) -> ModelRef | None:
 
 def torchrun_main(argv: list[str]) -> int:
     """Entry point of each torchrun process (`python -m tasks.train JOB_FILE`, see tasks.distributed)."""
+    from tasks.lifeline import tie_to_lifeline
+    from tasks.storage import hold_training_lock
+
+    tie_to_lifeline()  # gone with torchrun, which is gone with the flow process
     rank = int(os.environ.get("RANK", "0"))
     # force: importing Prefect already configured handlers that would swallow these lines.
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s", force=True)
     job = TrainJob.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
+    hold_training_lock(Path(job.run_dir))
     ref = train_model(job)
     if ref is not None:
         atomic_write_json(Path(job.run_dir) / RESULT_FILE, ref.model_dump(mode="json"))

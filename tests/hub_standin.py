@@ -215,7 +215,7 @@ class HubStandIn:
                     )
                 return self._error(404, f"no route for {self.command} {path}")
 
-            do_GET = do_POST = do_HEAD = _route
+            do_GET = do_POST = do_HEAD = do_DELETE = _route
 
             def _create(self, payload):
                 repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}" if "/" not in payload["name"] else payload["name"]
@@ -275,6 +275,15 @@ class HubStandIn:
                         200,
                         [{"type": "file", "path": p, "size": len(d), "oid": git_blob_sha1(d)} for p, d in sorted(repo.files.items())],
                     )
+                if action == "refs":
+                    return self._send(200, {
+                        "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.sha}], "converts": [],
+                        "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": oid} for t, oid in repo.tags.items()],
+                    })  # fmt: skip
+                if action == "tag" and self.command == "DELETE":
+                    if repo.tags.pop(rest[0], None) is None:
+                        return self._error(404, "Tag not found")
+                    return self._send(200, {})
                 if action == "tag":
                     tag = json.loads(body)["tag"]
                     if tag in repo.tags:

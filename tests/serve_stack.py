@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 import signal
 import subprocess
 import sys
@@ -20,16 +21,29 @@ from conftest import REPO, SAMPLE_DIR
 from flows.serve import free_port
 
 
+HEARTBEAT_S = 30  # flow-run heartbeats in the stack (Prefect's minimum), so a silent run is found in minutes
+SILENT_AFTER_S = 75  # the crash-recovery deployment's proactive trigger: heartbeats missed for this long
+
+
 def deployment_spec(root: Path, tiny_bert: Path) -> dict:
-    """deployments/prefect.yaml with the training deployment pointed at the tiny BERT and the sample."""
+    """deployments/prefect.yaml with the training deployment pointed at the tiny BERT and the sample,
+    a second training deployment (`sample-training`, no schedule or trigger of its own), and the
+    crash-recovery trigger on silent runs waiting SILENT_AFTER_S instead of ten minutes."""
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
-    spec["deployments"][0]["parameters"]["settings"] = {
+    training = spec["deployments"][0]
+    training["parameters"]["settings"] = {
         "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 48, "max_eval_samples": 16, "language": "en"},
         "model": {"checkpoint": str(tiny_bert)},
         "tokenize": {"max_length": 48},
         "train": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-3},
         "output_dir": str(root / "runs"),
     }
+    second = {**training, "name": "sample-training", "schedules": [], "triggers": [], "tags": ["nerflow", "ner"]}
+    spec["deployments"].insert(1, second)
+    recovery = next(d for d in spec["deployments"] if d["name"] == "crash-recovery")
+    for trigger in recovery["triggers"]:
+        if trigger.get("posture") == "Proactive":
+            trigger["within"] = SILENT_AFTER_S
     return spec
 
 
@@ -56,7 +70,8 @@ def start_serve(root: Path, spec: dict, extra_env: dict[str, str] | None = None)
     prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     port = free_port()
     roots = os.pathsep.join([str(root.parent), str(SAMPLE_DIR)])
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1", "NERFLOW_ALLOWED_ROOTS": roots, **(extra_env or {})}
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1", "NERFLOW_ALLOWED_ROOTS": roots,
+           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S), **(extra_env or {})}  # fmt: skip
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port), "--prefect-file", str(prefect_file),
            "--workdir", str(root / "work"), "--home", str(root / "prefect-home")]
@@ -134,3 +149,53 @@ def run_logs(stack, run_id: str) -> list[str]:
     status, logs = api(stack["api"], "POST", "/logs/filter", body, auth=stack.get("auth", AUTH))
     assert status == 200, logs
     return [entry["message"] for entry in logs]
+
+
+TRAINING = "finetune_ner/wikiann-bn"
+
+
+def deployment_id(stack, name: str = TRAINING) -> str:
+    status, body = api(stack["api"], "GET", f"/deployments/name/{name}", auth=stack.get("auth", AUTH))
+    assert status == 200, body
+    return body["id"]
+
+
+def long_run(stack, name: str, deployment: str = TRAINING) -> str:
+    """A deployment run that trains long enough to be interrupted: 480 sentences, 3 epochs, batch 4
+    (120 steps an epoch; a checkpoint after each)."""
+    settings = deployment_spec(stack["root"], stack["tiny_bert"])["deployments"][0]["parameters"]["settings"]
+    settings["dataset"] = {**settings["dataset"], "max_train_samples": 480}
+    # A seed of its own: an identical earlier run would make this one a cache hit that trains nothing.
+    settings["train"] = {**settings["train"], "epochs": 3, "batch_size": 4, "seed": zlib.crc32(name.encode()) % 10_000}
+    status, run = api(
+        stack["api"], "POST", f"/deployments/{deployment_id(stack, deployment)}/create_flow_run", {"name": name, "parameters": {"settings": settings}},
+        auth=stack.get("auth", AUTH),
+    )
+    assert status == 201, run
+    return run["id"]
+
+
+def server_answers(stack) -> bool:
+    try:
+        return api(stack["api"], "GET", "/health")[0] == 200
+    except OSError:  # connection refused while it starts
+        return False
+
+
+def sealed_checkpoints(stack, run_name: str) -> list:
+    return sorted((stack["root"] / "runs").glob(f"*-{run_name}/checkpoints/checkpoint-*/.nerflow-complete.json"))
+
+
+def flow_run_processes(run_id: str) -> list[int]:
+    """Processes started for a flow run (the process worker passes PREFECT__FLOW_RUN_ID)."""
+    marker = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+

@@ -20,14 +20,15 @@ def sample(split: str, n: int | None = None) -> list[tuple[list[str], list[str]]
 
 
 def entity_runs(tags: list[str]) -> list[tuple[str, int, int]]:
-    """IOB2 spans (type, start, end), read the plain way."""
-    spans, start = [], None
+    """IOB2 spans (type, start, end), read the plain way (an I- that continues nothing starts one)."""
+    spans: list[tuple[str, int, int]] = []
+    start, kind = None, ""
     for i, tag in enumerate([*tags, "O"]):
-        if start is not None and not (tag.startswith("I-") and tag[2:] == spans_type):
-            spans.append((spans_type, start, i))
+        if start is not None and not (tag.startswith("I-") and tag[2:] == kind):
+            spans.append((kind, start, i))
             start = None
         if tag.startswith("B-") or (tag.startswith("I-") and start is None):
-            start, spans_type = i, tag[2:]
+            start, kind = i, tag[2:]
     return spans
 
 

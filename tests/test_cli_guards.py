@@ -69,8 +69,8 @@ def test_broken_labels_are_refused_before_any_server_starts(tiny_settings, tmp_p
 def test_one_writer_per_run_folder_and_a_cold_cache_shared_safely(tiny_settings, tmp_path):
     """Three runs start together on one output folder and an empty cache: two with the same run name
     (one must be refused, never two writers) and one with another name (it shares the cache)."""
-    same = write_config(tmp_path, tiny_settings(run_name="same", train={"epochs": 2}))
-    other = write_config(tmp_path, tiny_settings(run_name="other", train={"epochs": 2}))
+    same = write_config(tmp_path, tiny_settings(run_name="same", train={"epochs": 1}))
+    other = write_config(tmp_path, tiny_settings(run_name="other", train={"epochs": 1}))
     procs = [nerflow_train(c, {"PREFECT_HOME": str(tmp_path / f"home-{i}")}, background=True) for i, c in enumerate((same, same, other))]
     outcomes = [(p.wait(timeout=900), p.stdout.read(), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _, _ in outcomes[:2])

@@ -8,21 +8,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import zlib
-from pathlib import Path
 
 import pytest
 
 from conftest import SAMPLE_DIR
-from serve_stack import AUTH, api, deployment_spec, read_run, run_logs, start_serve, stop_serve, wait_for
+from serve_stack import AUTH, TRAINING, api, deployment_id, deployment_spec, read_run, start_serve, stop_serve, wait_for
 
 pytestmark = pytest.mark.slow  # a real Prefect server, work pool, deployments and worker
 
-DEPLOYMENT = "finetune_ner/wikiann-bn"
+DEPLOYMENT = TRAINING
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +27,7 @@ def stack(tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("stack")
     watched = shutil.copytree(SAMPLE_DIR, root / "watched-data")
     spec = deployment_spec(root, tiny_bert)
-    spec["deployments"][1]["parameters"]["dataset"] = {"source": str(watched)}
+    next(d for d in spec["deployments"] if d["name"] == "wikiann-bn-watcher")["parameters"]["dataset"] = {"source": str(watched)}
     proc, port = start_serve(
         root,
         spec,
@@ -87,12 +84,6 @@ class AlertReceiver:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
-
-
-def deployment_id(stack) -> str:
-    status, body = api(stack["api"], "GET", f"/deployments/name/{DEPLOYMENT}")
-    assert status == 200, body
-    return body["id"]
 
 
 def flow_runs(stack, **state_filter) -> list[dict]:
@@ -243,75 +234,6 @@ def test_pool_kinds_from_templates(stack):
     assert process["base_job_template"]["variables"]["additionalProperties"] is False
 
 
-# ------------------------------------------------------------------------------------------- faults
-
-
-def long_run(stack, name: str) -> str:
-    """A deployment run that trains long enough to be interrupted: the whole sample, 3 epochs, batch 4."""
-    settings = deployment_spec(stack["root"], stack["tiny_bert"])["deployments"][0]["parameters"]["settings"]
-    settings["dataset"] = {**settings["dataset"], "max_train_samples": 800}
-    # A seed of its own: an identical earlier run would make this one a cache hit that trains nothing.
-    settings["train"] = {**settings["train"], "epochs": 3, "batch_size": 4, "seed": zlib.crc32(name.encode()) % 10_000}
-    status, run = api(
-        stack["api"], "POST", f"/deployments/{deployment_id(stack)}/create_flow_run", {"name": name, "parameters": {"settings": settings}}
-    )
-    assert status == 201, run
-    return run["id"]
-
-
-def server_answers(stack) -> bool:
-    try:
-        return api(stack["api"], "GET", "/health")[0] == 200
-    except OSError:  # connection refused while it starts
-        return False
-
-
-def sealed_checkpoints(stack, run_name: str) -> list:
-    return sorted((stack["root"] / "runs").glob(f"*-{run_name}/checkpoints/checkpoint-*/.nerflow-complete.json"))
-
-
-def flow_run_processes(run_id: str) -> list[int]:
-    """Processes started for a flow run (the process worker passes PREFECT__FLOW_RUN_ID)."""
-    marker = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
-def test_a_training_run_killed_mid_epoch_is_restarted_once_and_resumes(stack):
-    """SIGKILL of the flow run's process (an OOM kill, a preempted node): the worker reports the run
-    Crashed, the crash-recovery deployment schedules the same flow run again, and it resumes from its
-    last complete checkpoint in the same run folder."""
-    run_id = long_run(stack, "killed-mid-epoch")
-    wait_for("a sealed checkpoint", lambda: sealed_checkpoints(stack, "killed-mid-epoch"))
-    for pid in flow_run_processes(run_id):
-        os.kill(pid, signal.SIGKILL)
-    wait_for("the crash", lambda: read_run(stack, run_id)["run_count"] >= 2 or read_run(stack, run_id)["state_type"] == "CRASHED")
-    final = wait_for("the restarted run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED") and r)
-    assert final["state_type"] == "COMPLETED" and final["run_count"] == 2, "\n".join([f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]])
-    assert any(m.startswith("resuming training from") for m in run_logs(stack, run_id))
-    (model,) = (stack["root"] / "runs").glob("*-killed-mid-epoch/model/model.safetensors")
-    assert json.loads((model.parent.parent / "train_log.json").read_text())[-1]["epoch"] == 3.0
-
-
-def test_a_server_killed_while_a_run_trains_is_restarted_and_the_run_completes(stack):
-    run_id = long_run(stack, "server-restart")
-    state = lambda: {k: read_run(stack, run_id)[k] for k in ("state_type", "state_name", "run_count", "work_queue_name")}  # noqa: E731
-    wait_for("training to start", lambda: sealed_checkpoints(stack, "server-restart"), describe=state)
-    server_pid = int((stack["root"] / "work" / "server.pid").read_text())
-    os.kill(server_pid, signal.SIGKILL)
-    wait_for("a new server", lambda: int((stack["root"] / "work" / "server.pid").read_text()) != server_pid)
-    wait_for("the new server to answer", lambda: server_answers(stack), timeout_s=120)
-    final = wait_for("the run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r)
-    assert final["state_type"] == "COMPLETED" and final["run_count"] == 1, "\n".join([f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]])
-    assert list((stack["root"] / "runs").glob("*-server-restart/model/model.safetensors"))
-
-
 # ------------------------------------------------------------------------------------- bad input, bursts
 
 
@@ -343,7 +265,7 @@ def test_a_burst_of_events_for_one_revision_runs_every_run_and_trains_once(stack
     burst = (
         "from prefect.events.worker import EventsWorker\n"
         "from flows.watcher import emit_dataset_updated\n"
-        "for _ in range(20):\n"
+        "for _ in range(5):\n"
         "    emit_dataset_updated('wikiann-bn', 'burst-1')\n"
         "EventsWorker.drain_all()\n"
     )
@@ -353,7 +275,7 @@ def test_a_burst_of_events_for_one_revision_runs_every_run_and_trains_once(stack
     while True:
         runs = [r for r in flow_runs(stack) if r["id"] not in before and r["parameters"].get("dataset_revision") == "burst-1"]
         busy_at_once = max(busy_at_once, sum(r["state_type"] in ("PENDING", "RUNNING") for r in runs))
-        if len(runs) == 20 and all(r["state_type"] == "COMPLETED" for r in runs):
+        if len(runs) == 5 and all(r["state_type"] == "COMPLETED" for r in runs):
             break
         assert not [r for r in runs if r["state_type"] in ("FAILED", "CRASHED", "CANCELLED")], [r["state"] for r in runs]
         assert time.monotonic() < deadline, f"{len(runs)} runs, states {sorted(r['state_type'] for r in runs)}"
@@ -362,4 +284,4 @@ def test_a_burst_of_events_for_one_revision_runs_every_run_and_trains_once(stack
     status, task_runs = api(stack["api"], "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [r["id"] for r in runs]}}, "limit": 200})
     trained = [t for t in task_runs if t["name"].startswith("train-") and t["state_type"] == "COMPLETED" and t["state"]["name"] == "Completed"]
     assert len(trained) <= 1
-    assert sum("already handled" in (r["state"]["message"] or "") for r in runs) >= 19
+    assert sum("already handled" in (r["state"]["message"] or "") for r in runs) >= 4

@@ -106,3 +106,61 @@ def test_ddp_run_killed_after_its_first_checkpoint_resumes(tmp_path, tiny_bert):
     assert any("resuming training from" in line for line in lines)
     assert (run_dir / "model" / "model.safetensors").is_file()
     assert [round(e["epoch"]) for e in ref.epochs] == [1, 2, 3]
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose environment holds marker (every process of a test run inherits it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                if (proc / "stat").read_text().split(")")[-1].split()[0] != "Z":  # a zombie writes nothing
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def folder_state(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_the_flow_process_killed_alone_takes_torchrun_its_ranks_and_its_server_with_it(tmp_path, tiny_bert):
+    """kill -9 of the flow process only, as the kernel's OOM killer does it: torchrun, both ranks and
+    the temporary Prefect server die with it, nothing more is written into the run folder, and the
+    next attempt gets the folder (its lock) and resumes from the last sealed checkpoint."""
+    import json
+    import sys
+
+    s = settings_for(tmp_path, tiny_bert, batch_size=4, epochs=3, nproc_per_node=2)
+    s = s.model_copy(update={"run_name": "oom-killed", "dataset": s.dataset.model_copy(update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))})})
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps(s.model_dump(mode="json")))
+    marker = f"NERFLOW_TEST_RUN={os.urandom(4).hex()}"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home"), marker.split("=")[0]: marker.split("=")[1]}
+    cmd = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
+    flow = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run_dir = tmp_path / "runs" / "oom-killed"
+    deadline = time.monotonic() + 300
+    while not list((run_dir / "checkpoints").glob(f"checkpoint-*/{SEAL}")):
+        assert flow.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    family = processes_with(marker)
+    assert len(family) >= 5, family  # the flow process, its server, the lifeline'd torchrun and two ranks
+    os.kill(flow.pid, signal.SIGKILL)  # that process only, not its group or its children
+    flow.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while processes_with(marker):
+        assert time.monotonic() < deadline, f"still running: {processes_with(marker)}"
+        time.sleep(0.2)
+    settled = folder_state(run_dir)
+    time.sleep(3)
+    assert folder_state(run_dir) == settled  # no orphan is writing
+    assert not (run_dir / "model").exists()
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    log = json.loads((run_dir / "train_log.json").read_text())
+    assert [round(e["epoch"]) for e in log if "eval_f1" in e] == [1, 2, 3]
+    assert not processes_with(marker)

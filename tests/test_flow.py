@@ -216,7 +216,7 @@ def test_cli_kill_and_rerun_resumes(tiny_settings, tmp_path):
     from it (a checkpoint being written when the kill lands is unsealed, and removed on resume)."""
     from prefect.settings import PREFECT_API_URL
 
-    s = tiny_settings(dataset={"max_train_samples": 2000}, train={"epochs": 3, "batch_size": 4}, run_name="killed")
+    s = tiny_settings(dataset={"max_train_samples": 600}, train={"epochs": 3, "batch_size": 4}, run_name="killed")
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps(s.model_dump(mode="json")))  # JSON is YAML
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}

@@ -11,6 +11,7 @@ from conftest import SAMPLE_DIR
 from flows.settings import PublishSettings, RunSettings
 from tasks.publish import PublishError, publish_run, publish_to_s3, s3_published_f1
 from hub_standin import HubStandIn
+from tasks.publish import model_digest
 
 pytestmark = pytest.mark.slow  # moto's S3 server and the Hub stand-in, full flow runs
 
@@ -126,7 +127,7 @@ def test_hub_publish_commits_once_per_run(finished_run, hub):
     assert result.published and result.hub_new_commit
     (commit,) = hub.commits("nerflow/tiny-ner")
     assert result.hub_commit_url == f"{hub.url}/nerflow/tiny-ner/commit/{commit.oid}"
-    assert "[nerflow run run-1]" in commit.title and "test F1" in commit.title
+    assert f"[nerflow run run-1 model {model_digest(finished_run / 'model')}]" in commit.title and "test F1" in commit.title
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(commit.files)
     assert hub.repos["nerflow/tiny-ner"].private
     assert hub.repos["nerflow/tiny-ner"].tags == {"run-run-1": commit.oid}
@@ -141,6 +142,48 @@ def test_hub_publish_commits_once_per_run(finished_run, hub):
     again = publish_run(finished_run, settings, "tiny-ner", backoff_base_s=FAST)
     assert again.hub_new_commit is False and again.hub_commit_url == result.hub_commit_url
     assert len(hub.commits("nerflow/tiny-ner")) == 1
+
+
+def retrain(run_dir: Path) -> None:
+    """What re-training a run into its folder leaves: other weights in model/ (the same files)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = run_dir / "model" / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v + 0.01 for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+
+
+def test_a_retrained_run_publishes_its_new_weights_once_and_moves_its_tag(finished_run, hub, tmp_path):
+    """Publishing is keyed on the content: run R published, re-trained in its folder (new weights),
+    published again: one new commit holding the new weights; published once more: nothing."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run-R"))
+    settings = PublishSettings(targets=["hub"], hub_repo_id="nerflow/retrained", hub_tag_runs=True)
+    first = publish_run(run, settings, "tiny-ner", FAST)
+    retrain(run)
+    second = publish_run(run, settings, "tiny-ner", FAST)
+    assert first.hub_new_commit and second.hub_new_commit and first.hub_commit_url != second.hub_commit_url
+    old, new = hub.commits("nerflow/retrained")
+    assert new.files["model.safetensors"] == (run / "model" / "model.safetensors").read_bytes() != old.files["model.safetensors"]
+    assert hub.repos["nerflow/retrained"].tags == {"run-run-R": new.oid}
+    third = publish_run(run, settings, "tiny-ner", FAST)
+    assert third.hub_new_commit is False and third.hub_commit_url == second.hub_commit_url
+    assert len(hub.commits("nerflow/retrained")) == 2
+
+
+def test_two_publishes_of_one_run_at_once_make_one_commit(finished_run, hub, tmp_path):
+    """Two `nerflow publish` processes started together on one run folder: the run lock serialises
+    them, the second finds the content on the Hub already; one commit."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env |= {"HF_ENDPOINT": hub.url, "HF_TOKEN": HF_TOKEN}
+    cmd = [sys.executable, "-m", "flows.cli", "publish", str(finished_run), "--target", "hub", "--repo-id", "nerflow/concurrent"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [code for code, _, _ in outs] == [0, 0], outs
+    assert len(hub.commits("nerflow/concurrent")) == 1
 
 
 def test_hub_503_twice_then_success_makes_exactly_one_commit(finished_run, hub):
@@ -208,7 +251,7 @@ def test_a_run_published_as_a_pull_request_twice_opens_one_pull_request(finished
     first = publish_run(finished_run, settings, "tiny-ner", FAST)
     again = publish_run(finished_run, settings, "tiny-ner", FAST)
     (pull_request,) = hub.repos["nerflow/reviewed"].pull_requests
-    assert "[nerflow run run-1]" in pull_request.title and hub.commits("nerflow/reviewed") == []
+    assert "[nerflow run run-1 model " in pull_request.title and hub.commits("nerflow/reviewed") == []
     assert {"model.safetensors", "config.json", "README.md"} <= set(pull_request.commits[-1].files)
     assert first.hub_new_commit and not again.hub_new_commit
     assert first.hub_commit_url == again.hub_commit_url == f"{hub.url}/nerflow/reviewed/discussions/1"

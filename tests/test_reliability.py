@@ -186,12 +186,20 @@ def test_a_late_second_crash_report_does_not_start_a_second_process():
     def other():
         pass
 
+    def deployment_run(client, f):
+        """A run of a deployment of f, as the worker starts them (recovery restarts only those)."""
+        deployment = client.create_deployment(flow_id=client.create_flow(f), name="recovery-test", entrypoint="tests:unused")
+        return client.create_flow_run_from_deployment(deployment)
+
     with prefect_test_harness(server_startup_timeout=120), get_client(sync_client=True) as client:
-        foreign = client.create_flow_run(other)
+        foreign = deployment_run(client, other)
         client.set_flow_run_state(foreign.id, Crashed(message="killed"), force=True)
         assert "not restarted" in restart_crashed_run(str(foreign.id)).reason
         assert client.read_flow_run(foreign.id).state.type.value == "CRASHED"
-        run = client.create_flow_run(training)
+        loose = client.create_flow_run(training)  # no deployment: no worker could start it again
+        client.set_flow_run_state(loose.id, Crashed(message="killed"), force=True)
+        assert not restart_crashed_run(str(loose.id)).restarted
+        run = deployment_run(client, training)
         crash = lambda: client.set_flow_run_state(run.id, Crashed(message="killed"), force=True)  # noqa: E731
         client.set_flow_run_state(run.id, Running(), force=True)
         crash()
@@ -203,5 +211,5 @@ def test_a_late_second_crash_report_does_not_start_a_second_process():
         crash()
         again = restart_crashed_run(str(run.id))
         assert not again.restarted and "already restarted" in again.reason
-        scheduled = [s for s in client.read_flow_run_states(run.id) if s.type.value == "SCHEDULED"]
-        assert len(scheduled) == 1
+        restarts = [s for s in client.read_flow_run_states(run.id) if s.type.value == "SCHEDULED" and (s.message or "").startswith("nerflow: restarted")]
+        assert len(restarts) == 1

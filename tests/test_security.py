@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_DIR
-from serve_stack import api, deployment_spec, finished_run, generated_auth, run_logs, start_serve, stop_serve
+from serve_stack import api, deployment_spec, finished_run, generated_auth, run_logs, start_serve, stop_serve, wait_for
 
 pytestmark = pytest.mark.slow  # a real Prefect server, pool, deployments and worker
 
@@ -313,6 +313,7 @@ def test_a_forged_result_record_is_refused_and_never_run(stack):
     final = finished_run(stack, run["id"])
     assert final["state_type"] == "COMPLETED", final["state"]
     assert not marker.exists()
-    assert any("refused, not deserialized: it names the serializer" in line for line in run_logs(stack, run["id"]))
+    # Logs reach the server a moment after the run's last state.
+    wait_for("the refusal in the run's log", lambda: any("refused, not deserialized: it names the serializer" in line for line in run_logs(stack, run["id"])), timeout_s=60)
     assert record.with_name(record.name + ".refused").is_file()
     assert json.loads(record.read_text())["metadata"]["serializer"]["type"] == "json"  # rewritten by the step
