@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test test-fast serve bench install clean
+.PHONY: demo test test-fast lint format install-check serve bench install clean
 
 demo: $(VENV)/.installed-demo
 	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
@@ -21,6 +21,19 @@ test: $(VENV)/.installed-test
 # Everything but the end-to-end tests (servers, worker, browser, torchrun, benchmark scripts).
 test-fast: $(VENV)/.installed-test
 	$(OFFLINE) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
+
+# Formatting and lint rules of pyproject.toml's [tool.ruff]: `make format` applies them.
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The wheel, installed (not editable) in a fresh venv, trains the demo, serves and creates a pool.
+install-check: $(VENV)/.installed-test
+	$(OFFLINE) $(BIN)/python tests/install_check.py
 
 # A local Prefect server (SQLite), the `gpu` process pool, the deployments and a worker; prints the UI.
 serve: $(VENV)/.installed-demo

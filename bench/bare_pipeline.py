@@ -17,15 +17,19 @@ def main() -> None:
     started = time.perf_counter()
 
     from bench.common import nerflow_steps
-    from flows.settings import load_settings
-    from tasks.card import render_model_card, widget_predictions
+    from nerflow.tasks.card import render_model_card, widget_predictions
+    from nerflow.tasks.settings import load_settings
 
     s = load_settings(args.config, args.overrides)
     run_dir = Path(s.output_dir) / (s.run_name or "bare")
     dataset, tokenized, model, evaluation = nerflow_steps(s, run_dir)
     card = render_model_card(model, evaluation, dataset, tokenized, s, run_dir.name)
     widget_predictions(model.path, card.widget_examples)  # the flow shows them in its run summary
-    result = {"wall_s": time.perf_counter() - started, "train_s": model.train_runtime_s, "test_f1": evaluation.test["f1"]}
+    result = {
+        "wall_s": time.perf_counter() - started,
+        "train_s": model.train_runtime_s,
+        "test_f1": evaluation.test["f1"],
+    }
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result))
 

@@ -35,7 +35,10 @@ def subset(src: Path, dest: Path, sizes: dict[str, int | None]) -> Path:
     """The first N lines of each split (N=None: all), with labels.txt: a dataset folder nerflow reads."""
     dest.mkdir(parents=True, exist_ok=True)
     for split, n in sizes.items():
-        with (src / f"{split}.jsonl").open(encoding="utf-8") as fh, (dest / f"{split}.jsonl").open("w", encoding="utf-8") as out:
+        with (
+            (src / f"{split}.jsonl").open(encoding="utf-8") as fh,
+            (dest / f"{split}.jsonl").open("w", encoding="utf-8") as out,
+        ):
             for i, line in enumerate(fh):
                 if n is not None and i >= n:
                     break
@@ -48,22 +51,14 @@ def subset(src: Path, dest: Path, sizes: dict[str, int | None]) -> Path:
 def nerflow_steps(settings, run_dir: Path, train: bool = True):
     """The pipeline's plain step functions in order, as the flow calls them (no Prefect):
     (DatasetRef, TokenizedRef, ModelRef | None, EvaluationRef | None)."""
-    from tasks.evaluate import evaluate_model
-    from tasks.ingest import ingest_dataset
-    from tasks.logs import quiet_third_party
-    from tasks.refs import TrainJob
-    from tasks.tokenize import tokenize_dataset
-    from tasks.train import train_model
+    from nerflow.flows.pipeline import PLAIN, run_steps
+    from nerflow.tasks.refs import RunContext
+    from nerflow.tasks.runtime.logs import quiet_third_party
 
     quiet_third_party()
-    cache = settings.resolved_cache_dir()
-    dataset = ingest_dataset(settings.dataset, cache)
-    tokenized = tokenize_dataset(dataset, settings.model, settings.tokenize, cache)
-    if not train:
-        return dataset, tokenized, None, None
-    model = train_model(TrainJob.for_run(settings, tokenized, run_dir, Path(run_dir).name))
-    evaluation = evaluate_model(model, tokenized, run_dir, settings.train.eval_batch_size, settings.evaluation.decoding)
-    return dataset, tokenized, model, evaluation
+    ctx = RunContext.for_run(settings, Path(run_dir).name, run_dir)
+    out = run_steps(settings, ctx, PLAIN, until="evaluate" if train else "tokenize")
+    return out.dataset, out.tokenized, out.model, out.evaluation
 
 
 def peak_rss_mib() -> float:

@@ -6,7 +6,7 @@ evaluating 1,000 validation sentences after each epoch. Variants:
 
 - `tutorial`: the tutorial's Trainer settings (fp32, random batches, full-logits evaluation);
 - `eager`: nerflow's train_model (the real step) with static-shape batches, bf16, no compilation;
-- `compiled`: the same with train.compile=on (torch.compile, CUDA graphs): nerflow's default on CUDA;
+- `compiled`: the same with compute.compile=on (torch.compile, CUDA graphs): nerflow's default on CUDA;
 - `lean`: a hand-written loop (no Trainer) with the same static shapes, bf16, fused AdamW and
   torch.compile(mode="reduce-overhead"), to show what the Trainer's own per-step work costs.
 
@@ -38,7 +38,7 @@ def synthetic_split(n: int, vocab: int, seed: int, max_words: int = 64):
     import numpy as np
     from datasets import Dataset
 
-    from tasks.alignment import align_labels
+    from nerflow.tasks.data.alignment import align_labels
 
     rng = np.random.default_rng(seed)
     rows = {"input_ids": [], "attention_mask": [], "labels": [], "word_ids": [], "word_labels": []}
@@ -62,11 +62,24 @@ def synthetic_split(n: int, vocab: int, seed: int, max_words: int = 64):
 def model_config(smoke: bool):
     from transformers import BertConfig
 
-    labels = {"num_labels": len(LABELS), "id2label": dict(enumerate(LABELS)), "label2id": {n: i for i, n in enumerate(LABELS)}}
+    labels = {
+        "num_labels": len(LABELS),
+        "id2label": dict(enumerate(LABELS)),
+        "label2id": {n: i for i, n in enumerate(LABELS)},
+    }
     if smoke:
-        return BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, **labels)
+        return BertConfig(
+            vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, **labels
+        )
     # bert-base-multilingual-cased: 119,547 wordpieces, 12 x 768, ~85M non-embedding parameters.
-    return BertConfig(vocab_size=119547, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, **labels)
+    return BertConfig(
+        vocab_size=119547,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        **labels,
+    )
 
 
 def write_fixture(root: Path, smoke: bool, sentences: int) -> tuple[Path, Path]:
@@ -84,7 +97,14 @@ def write_fixture(root: Path, smoke: bool, sentences: int) -> tuple[Path, Path]:
     BertForTokenClassification(config).save_pretrained(model_dir)
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
     stub = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))  # the collator needs the pad id only
-    BertTokenizerFast(tokenizer_object=stub, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]").save_pretrained(model_dir)
+    BertTokenizerFast(
+        tokenizer_object=stub,
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+    ).save_pretrained(model_dir)
     data = datasets.DatasetDict(
         {
             "train": synthetic_split(sentences, config.vocab_size, seed=0),
@@ -98,22 +118,27 @@ def write_fixture(root: Path, smoke: bool, sentences: int) -> tuple[Path, Path]:
 
 
 def nerflow_job(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, compile_mode: str):
-    from tasks.refs import TokenizedRef, TrainJob
-    from tasks.settings import ModelSettings, TrackingSettings, TrainSettings
+    from nerflow.tasks.refs import RunContext, TokenizedRef, TrainJob
+    from nerflow.tasks.settings import RunSettings
 
     tokenized = TokenizedRef(
-        path=str(tokenized_dir), cache_key="bench", dataset_fingerprint="bench", checkpoint=str(model_dir),
+        path=str(tokenized_dir), cache_key="bench", dataset_fingerprint="bench", base_model=str(model_dir),
         tokenizer_fingerprint="bench", alignment="first", max_length=MAX_LENGTH, label_names=LABELS, stats={}, roundtrip={}, warnings=[],
     )  # fmt: skip
-    hparams = TrainSettings(epochs=epochs, learning_rate=2e-5, batch_size=16, eval_batch_size=256, compile=compile_mode, save_total_limit=1)
-    return TrainJob(
-        tokenized=tokenized, pretrained=ModelSettings(checkpoint=str(model_dir)), hparams=hparams, tracking=TrackingSettings(),
-        decoding="iob2", run_dir=str(out), run_name=out.name,
-    )  # fmt: skip
+    settings = RunSettings.model_validate(
+        {
+            "base_model": {"name": str(model_dir)},
+            "train": {"epochs": epochs, "learning_rate": 2e-5, "batch_size": 16},
+            "compute": {"eval_batch_size": 256, "compile": compile_mode},
+            "records": {"save_total_limit": 1},
+            "evaluation": {"decoding": "iob2"},
+        }
+    )
+    return TrainJob.for_run(settings, tokenized, RunContext(run_name=out.name, run_dir=str(out), cache_dir=str(out)))
 
 
 def run_nerflow(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, compile_mode: str) -> dict:
-    from tasks.train import train_model
+    from nerflow.tasks.train import train_model
 
     ref = train_model(nerflow_job(model_dir, tokenized_dir, out, epochs, compile_mode))
     return {
@@ -127,10 +152,16 @@ def run_nerflow(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, co
 
 def run_tutorial(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int) -> dict:
     import datasets
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, PrinterCallback, Trainer
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        PrinterCallback,
+        Trainer,
+    )
 
     from bench.tutorial_recipe import make_compute_metrics, training_arguments
-    from tasks.inference import choose_device
+    from nerflow.tasks.scoring.inference import choose_device
 
     data = datasets.load_from_disk(str(tokenized_dir / "data"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -151,7 +182,13 @@ def run_tutorial(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int) -
     trainer.train()
     _synchronize()
     val = [e["eval_f1"] for e in trainer.state.log_history if "eval_f1" in e]
-    return {"wall_s": time.perf_counter() - started, "compile_s": 0.0, "val_f1": val[-1] if val else None, "precision": "fp32", "batching": "random"}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "compile_s": 0.0,
+        "val_f1": val[-1] if val else None,
+        "precision": "fp32",
+        "batching": "random",
+    }
 
 
 def run_lean(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int) -> dict:
@@ -161,20 +198,30 @@ def run_lean(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int) -> di
     from torch.utils.data import DataLoader
     from transformers import AutoModelForTokenClassification, get_linear_schedule_with_warmup
 
-    from tasks.batching import STATIC_BUCKET, FullBatches, PadCollator
-    from tasks.inference import choose_device, predict_tokenized
-    from tasks.metrics import seqeval_scores, word_level_sequences
-    from tasks.trainer import compile_seconds
+    from nerflow.tasks.scoring.inference import choose_device, predict_tokenized
+    from nerflow.tasks.scoring.metrics import seqeval_scores, word_level_sequences
+    from nerflow.tasks.training.batching import STATIC_BUCKET, FullBatches, PadCollator
+    from nerflow.tasks.training.trainer import compile_seconds
 
     device, bf16, fp16 = choose_device("auto")
     data = datasets.load_from_disk(str(tokenized_dir / "data"))
     train = data["train"].select_columns(["input_ids", "labels"])
     model = AutoModelForTokenClassification.from_pretrained(model_dir).to(device)
     sampler = FullBatches(len(train), 16, seed=42)
-    loader = DataLoader(train, batch_size=16, sampler=sampler, collate_fn=PadCollator(0, STATIC_BUCKET, MAX_LENGTH), pin_memory=device == "cuda")
+    loader = DataLoader(
+        train,
+        batch_size=16,
+        sampler=sampler,
+        collate_fn=PadCollator(0, STATIC_BUCKET, MAX_LENGTH),
+        pin_memory=device == "cuda",
+    )
     decay = [p for n, p in model.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
     rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=2e-5, fused=device == "cuda")
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+        lr=2e-5,
+        fused=device == "cuda",
+    )
     steps = len(loader) * epochs
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(0.1 * steps), steps)
     compiled = torch.compile(model, mode="reduce-overhead" if device == "cuda" else None)
@@ -192,10 +239,25 @@ def run_lean(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int) -> di
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
         model.eval()
-        predictions = predict_tokenized(model, data["validation"], 256, LABELS, pad_multiple=STATIC_BUCKET, autocast_dtype=torch.bfloat16 if bf16 else None)
-        val_f1 = seqeval_scores(*word_level_sequences(predictions.word_scores, list(data["validation"]["word_labels"]), LABELS, "iob2"))["f1"]
+        predictions = predict_tokenized(
+            model,
+            data["validation"],
+            256,
+            LABELS,
+            pad_multiple=STATIC_BUCKET,
+            autocast_dtype=torch.bfloat16 if bf16 else None,
+        )
+        val_f1 = seqeval_scores(
+            *word_level_sequences(predictions.word_scores, list(data["validation"]["word_labels"]), LABELS, "iob2")
+        )["f1"]
     _synchronize()
-    return {"wall_s": time.perf_counter() - started, "compile_s": compile_seconds() - compile_before, "val_f1": val_f1, "precision": "bf16" if bf16 else "fp32", "batching": "static"}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "compile_s": compile_seconds() - compile_before,
+        "val_f1": val_f1,
+        "precision": "bf16" if bf16 else "fp32",
+        "batching": "static",
+    }
 
 
 def _synchronize() -> None:
@@ -218,7 +280,9 @@ def measure(variant: str, fixture: tuple[Path, Path], out: Path, epochs: int) ->
         "lean": lambda: run_lean(*fixture, out, epochs),
     }
     result = runners[variant]()
-    return result | {"peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None}
+    return result | {
+        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+    }
 
 
 def row(variant: str, result: dict, epochs: int, tokens_per_epoch: int, non_embedding: int) -> dict:
@@ -245,15 +309,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny model, 200 sentences, 1 epoch (runs on a CPU)")
     parser.add_argument("--sentences", type=int, default=10000)
-    parser.add_argument("--epochs", type=int, default=7, help="epochs of the compiled and lean variants (the recipe: 7)")
-    parser.add_argument("--baseline-epochs", type=int, default=1, help="epochs of the tutorial and eager variants (throughput only)")
-    parser.add_argument("--variants", nargs="+", default=["tutorial", "eager", "compiled", "lean"], choices=["tutorial", "eager", "compiled", "lean"])
+    parser.add_argument(
+        "--epochs", type=int, default=7, help="epochs of the compiled and lean variants (the recipe: 7)"
+    )
+    parser.add_argument(
+        "--baseline-epochs", type=int, default=1, help="epochs of the tutorial and eager variants (throughput only)"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["tutorial", "eager", "compiled", "lean"],
+        choices=["tutorial", "eager", "compiled", "lean"],
+    )
     parser.add_argument("--json", default="bench/results/gpu.json")
     args = parser.parse_args()
     import torch
 
     sentences = 200 if args.smoke else args.sentences
-    epochs = {v: (1 if args.smoke else args.baseline_epochs if v in ("tutorial", "eager") else args.epochs) for v in args.variants}
+    epochs = {
+        v: (1 if args.smoke else args.baseline_epochs if v in ("tutorial", "eager") else args.epochs)
+        for v in args.variants
+    }
     with tempfile.TemporaryDirectory() as tmp:
         fixture = write_fixture(Path(tmp), args.smoke, sentences)
         import datasets
@@ -261,20 +337,44 @@ def main() -> None:
         train_lengths = [len(x) for x in datasets.load_from_disk(str(fixture[1] / "data"))["train"]["input_ids"]]
         config = model_config(args.smoke)
         non_embedding = 12 * config.num_hidden_layers * config.hidden_size**2  # attention + MLP weights (4x MLP)
-        rows = [row(v, measure(v, fixture, Path(tmp) / v, epochs[v]), epochs[v], sum(train_lengths), non_embedding) for v in args.variants]
+        rows = [
+            row(v, measure(v, fixture, Path(tmp) / v, epochs[v]), epochs[v], sum(train_lengths), non_embedding)
+            for v in args.variants
+        ]
     by = {r["variant"]: r for r in rows}
     summary = {
         "smoke": args.smoke,
         "sentences": sentences,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        **({"compiled_vs_tutorial_tokens_per_s": round(by["compiled"]["tokens_per_s"] / by["tutorial"]["tokens_per_s"], 2)} if {"compiled", "tutorial"} <= set(by) else {}),
-        **({"lean_vs_compiled_tokens_per_s": round(by["lean"]["tokens_per_s"] / by["compiled"]["tokens_per_s"], 2)} if {"compiled", "lean"} <= set(by) else {}),
-        **({"compiled_train_s": by["compiled"]["train_s"], "compiled_compile_s": by["compiled"]["compile_s"]} if "compiled" in by else {}),
+        **(
+            {
+                "compiled_vs_tutorial_tokens_per_s": round(
+                    by["compiled"]["tokens_per_s"] / by["tutorial"]["tokens_per_s"], 2
+                )
+            }
+            if {"compiled", "tutorial"} <= set(by)
+            else {}
+        ),
+        **(
+            {"lean_vs_compiled_tokens_per_s": round(by["lean"]["tokens_per_s"] / by["compiled"]["tokens_per_s"], 2)}
+            if {"compiled", "lean"} <= set(by)
+            else {}
+        ),
+        **(
+            {"compiled_train_s": by["compiled"]["train_s"], "compiled_compile_s": by["compiled"]["compile_s"]}
+            if "compiled" in by
+            else {}
+        ),
         "targets": {"compiled_vs_tutorial_tokens_per_s": ">= 5", "compiled_train_s": "< 30 (7 epochs, one H100/H200)"},
     }
     if any(r["tokens_per_s"] <= 0 or math.isnan(r["tokens_per_s"]) for r in rows):
         raise SystemExit("no throughput measured")
-    report("GPU training: tutorial settings vs nerflow's eager, compiled and lean paths (random mBERT-sized model)", rows, summary, args.json)
+    report(
+        "GPU training: tutorial settings vs nerflow's eager, compiled and lean paths (random mBERT-sized model)",
+        rows,
+        summary,
+        args.json,
+    )
 
 
 if __name__ == "__main__":

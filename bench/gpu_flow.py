@@ -33,21 +33,26 @@ def random_model(shape: Path, dest: Path) -> Path:
 
 
 def run_flow(data: Path, model: Path, out: Path, epochs: int, compile_mode: str, smoke: bool) -> dict:
-    from flows.serve import temporary_server_when_needed
-    from flows.settings import RunSettings
+    from nerflow.flows.cli.serve import temporary_server_when_needed
+    from nerflow.tasks.settings import RunSettings
 
     settings = RunSettings.model_validate(
         {
-            "dataset": {"source": str(data), "language": "en", **({"max_train_samples": 200, "max_eval_samples": 100} if smoke else {})},
-            "model": {"checkpoint": str(model), "base_model_id": "sentence-transformers/all-MiniLM-L6-v2"},
-            "train": {"epochs": epochs, "learning_rate": 1e-4, "batch_size": 16, "compile": compile_mode},
+            "dataset": {
+                "source": str(data),
+                "language": "en",
+                **({"max_train_samples": 200, "max_eval_samples": 100} if smoke else {}),
+            },
+            "base_model": {"name": str(model), "hub_id": "sentence-transformers/all-MiniLM-L6-v2"},
+            "train": {"epochs": epochs, "learning_rate": 1e-4, "batch_size": 16},
+            "compute": {"compile": compile_mode},
             "output_dir": str(out),
             "run_name": f"gpu-{compile_mode}",
         }
     )
     started = time.perf_counter()
     with temporary_server_when_needed() as use_server:
-        from flows.finetune import finetune_ner
+        from nerflow.flows.finetune import finetune_ner
 
         with use_server():
             result = finetune_ner(settings=settings)
@@ -80,16 +85,40 @@ def main() -> None:
         model = random_model(Path(args.shape), Path(tmp) / "model")
         rows = []
         for variant in args.variants:
-            rows.append(run_flow(data, model, Path(tmp) / variant, args.epochs, "on" if variant == "compiled" else "off", args.smoke))
+            rows.append(
+                run_flow(
+                    data, model, Path(tmp) / variant, args.epochs, "on" if variant == "compiled" else "off", args.smoke
+                )
+            )
             print(rows[-1], flush=True)
     by = {r["variant"]: r for r in rows}
     summary = {
         "epochs": args.epochs,
-        **({"compiled_minus_eager_test_f1": round(by["compiled"]["test_f1"] - by["eager"]["test_f1"], 4)} if len(by) == 2 else {}),
-        **({"compiled_train_s": by["compiled"]["train_s"], "compiled_outside_training_s": by["compiled"]["outside_training_s"]} if "compiled" in by else {}),
-        "targets": {"compiled_train_s": "< 30", "compiled_outside_training_s": "<= 20", "compiled_minus_eager_test_f1": "within 0.01"},
+        **(
+            {"compiled_minus_eager_test_f1": round(by["compiled"]["test_f1"] - by["eager"]["test_f1"], 4)}
+            if len(by) == 2
+            else {}
+        ),
+        **(
+            {
+                "compiled_train_s": by["compiled"]["train_s"],
+                "compiled_outside_training_s": by["compiled"]["outside_training_s"],
+            }
+            if "compiled" in by
+            else {}
+        ),
+        "targets": {
+            "compiled_train_s": "< 30",
+            "compiled_outside_training_s": "<= 20",
+            "compiled_minus_eager_test_f1": "within 0.01",
+        },
     }
-    report("The finetune_ner flow on a GPU: compiled vs eager (WikiANN-en, MiniLM-L6 shape, random weights)", rows, summary, args.json)
+    report(
+        "The finetune_ner flow on a GPU: compiled vs eager (WikiANN-en, MiniLM-L6 shape, random weights)",
+        rows,
+        summary,
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def timed(command: list[str], env: dict[str, str]) -> float:
 
 
 def timed_cli(args: list[str], env: dict[str, str]) -> float:
-    return timed([sys.executable, "-m", "flows.cli", *args], env)
+    return timed([sys.executable, "-m", "nerflow.flows.cli.main", *args], env)
 
 
 def training_seconds(runs_dir: Path) -> float:
@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--train-size", type=int, default=None, help="default: the demo's (2,000)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the demo's (3)")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds, alternating which side runs first; medians reported")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds, alternating which side runs first; medians reported"
+    )
     parser.add_argument("--json", default="bench/results/orchestration.json")
     args = parser.parse_args()
 
@@ -93,10 +95,30 @@ def main() -> None:
     rows = []
     for i, r in enumerate(rounds, start=1):
         rows += [
-            {"round": i, "run": "once per PREFECT_HOME: create the Prefect database", "wall_s": round(r["create_db_s"], 1), "training_s": 0.0},
-            {"round": i, "run": "prefect flow, cold (temporary server included)", "wall_s": round(r["cold_s"], 1), "training_s": round(r["cold_train_s"], 1)},
-            {"round": i, "run": "prefect flow, warm (cached tokenize/train/evaluate)", "wall_s": round(r["warm_s"], 1), "training_s": 0.0},
-            {"round": i, "run": "bare script, same steps, no Prefect", "wall_s": round(r["bare_s"], 1), "training_s": round(r["bare_train_s"], 1)},
+            {
+                "round": i,
+                "run": "once per PREFECT_HOME: create the Prefect database",
+                "wall_s": round(r["create_db_s"], 1),
+                "training_s": 0.0,
+            },
+            {
+                "round": i,
+                "run": "prefect flow, cold (temporary server included)",
+                "wall_s": round(r["cold_s"], 1),
+                "training_s": round(r["cold_train_s"], 1),
+            },
+            {
+                "round": i,
+                "run": "prefect flow, warm (cached tokenize/train/evaluate)",
+                "wall_s": round(r["warm_s"], 1),
+                "training_s": 0.0,
+            },
+            {
+                "round": i,
+                "run": "bare script, same steps, no Prefect",
+                "wall_s": round(r["bare_s"], 1),
+                "training_s": round(r["bare_train_s"], 1),
+            },
         ]
     warm_over_cold = [r["warm_s"] / r["cold_s"] for r in rounds]
     prefect_over_bare = [r["cold_s"] / r["bare_s"] for r in rounds]
@@ -117,7 +139,9 @@ def main() -> None:
         # in training speed on a shared machine.
         "cold_outside_training_s": round(statistics.median(r["cold_s"] - r["cold_train_s"] for r in rounds), 1),
         "bare_outside_training_s": round(statistics.median(r["bare_s"] - r["bare_train_s"] for r in rounds), 1),
-        "training_prefect_over_bare": round(statistics.median(r["cold_train_s"] / r["bare_train_s"] for r in rounds), 3),
+        "training_prefect_over_bare": round(
+            statistics.median(r["cold_train_s"] / r["bare_train_s"] for r in rounds), 3
+        ),
         # The flow's time with its training replaced by the bare script's (same work, same seed): the
         # ratio without the run-to-run noise of training speed on a shared machine.
         "prefect_over_bare_same_training": round(

@@ -35,12 +35,12 @@ from bench.common import LABELS, MINILM, data_dir, report, subset
 
 def fine_tuned_minilm(folder: Path, out: Path) -> str:
     from bench.common import nerflow_steps
-    from flows.settings import RunSettings
+    from nerflow.tasks.settings import RunSettings
 
     s = RunSettings.model_validate(
         {
             "dataset": {"source": str(folder)},
-            "model": {"checkpoint": MINILM},
+            "base_model": {"name": MINILM},
             "train": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 16},
             "output_dir": str(out),
         }
@@ -51,7 +51,9 @@ def fine_tuned_minilm(folder: Path, out: Path) -> str:
 
 def gold_sentences(folder: Path, n: int) -> tuple[list[str], list[list[str]], list[list[tuple[int, int]]]]:
     """The first n test sentences: text (words joined by spaces), gold tags, each word's character span."""
-    labels = (folder / "labels.txt").read_text(encoding="utf-8").split() if (folder / "labels.txt").is_file() else LABELS
+    labels = (
+        (folder / "labels.txt").read_text(encoding="utf-8").split() if (folder / "labels.txt").is_file() else LABELS
+    )
     texts, gold, spans = [], [], []
     with (folder / "test.jsonl").open(encoding="utf-8") as fh:
         for _, line in zip(range(n), fh):
@@ -81,7 +83,7 @@ def f1_against_gold(entities: list[list[dict]], gold: list[list[str]], spans: li
 def variants(model_dir: str, batch_size: int) -> dict:
     from transformers import pipeline
 
-    from tasks.predict import NerPredictor
+    from nerflow.tasks.prediction.tagger import NerPredictor
 
     tagger = pipeline("token-classification", model=model_dir, aggregation_strategy="first", device=-1)
     predictor = NerPredictor(model_dir, batch_size=batch_size)
@@ -97,7 +99,7 @@ def measure(model_dir: str, sentences: tuple, rounds: int, batch_size: int) -> t
     runners = variants(model_dir, batch_size)
     best: dict[str, float] = {}
     outputs: dict[str, list] = {}
-    for name, run in runners.items():
+    for run in runners.values():
         run(texts[:8])  # warm-up: first-call allocations and lazy imports
     for _ in range(rounds):
         for name, run in runners.items():
@@ -147,7 +149,12 @@ def main() -> None:
             small = subset(folder, Path(tmp) / "data", {"train": 2000, "validation": 500, "test": 500})
             model_dir = fine_tuned_minilm(small, Path(tmp) / "runs")
         rows, summary = measure(model_dir, gold_sentences(folder, args.sentences), args.rounds, args.batch_size)
-    report(f"Batch prediction, {args.sentences} WikiANN-en test sentences (CPU threads as torch sets them)", rows, summary, args.json)
+    report(
+        f"Batch prediction, {args.sentences} WikiANN-en test sentences (CPU threads as torch sets them)",
+        rows,
+        summary,
+        args.json,
+    )
 
 
 if __name__ == "__main__":

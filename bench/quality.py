@@ -38,7 +38,7 @@ ONE_SEED_FROM = 20000
 
 
 def nerflow_settings(folder: Path, out: Path, args, seed: int, variant: str):
-    from flows.settings import RunSettings
+    from nerflow.tasks.settings import RunSettings
 
     train = {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": 16, "seed": seed}
     evaluation = {}
@@ -50,7 +50,7 @@ def nerflow_settings(folder: Path, out: Path, args, seed: int, variant: str):
     return RunSettings.model_validate(
         {
             "dataset": {"source": str(folder)},
-            "model": {"checkpoint": MINILM},
+            "base_model": {"name": MINILM},
             "train": train,
             "evaluation": evaluation,
             "output_dir": str(out),
@@ -78,21 +78,24 @@ def run_nerflow(folder: Path, out: Path, args, seed: int, variant: str) -> dict:
 @contextlib.contextmanager
 def transformers_length_grouping():
     """The sampler nerflow took before: transformers' group_by_length (longest to shortest per mega-batch)."""
-    import tasks.trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    original = tasks.trainer.train_sampler
-    tasks.trainer.train_sampler = lambda batching, lengths, batch_size, seed: LengthGroupedSampler(batch_size, lengths=list(lengths))
+    import nerflow.tasks.training.trainer
+
+    original = nerflow.tasks.training.trainer.train_sampler
+    nerflow.tasks.training.trainer.train_sampler = lambda batching, lengths, batch_size, seed: LengthGroupedSampler(
+        batch_size, lengths=list(lengths)
+    )
     try:
         yield
     finally:
-        tasks.trainer.train_sampler = original
+        nerflow.tasks.training.trainer.train_sampler = original
 
 
 def run_plain(folder: Path, out: Path, args, seed: int) -> dict:
     from bench.common import nerflow_steps
     from bench.tutorial_recipe import fine_tune
-    from tasks.evaluate import predict_splits, split_scores
+    from nerflow.tasks.evaluate import predict_splits, split_scores
 
     started = time.perf_counter()
     plain = fine_tune(folder, out / f"plain-{seed}", args.epochs, args.lr, seed=seed, plain=True)
@@ -118,7 +121,11 @@ def run_regime(name: str, args, root: Path) -> list[dict]:
     for seed in seeds:
         for variant in args.variants:  # interleaved per seed: a drift in machine load hits every variant
             out = root / "runs" / name
-            result = run_plain(folder, out, args, seed) if variant == "plain" else run_nerflow(folder, out, args, seed, variant)
+            result = (
+                run_plain(folder, out, args, seed)
+                if variant == "plain"
+                else run_nerflow(folder, out, args, seed, variant)
+            )
             rows.append(
                 {
                     "regime": name,
@@ -177,9 +184,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for name in args.regimes for row in run_regime(name, args, Path(tmp))]
-    summary = {"epochs": args.epochs, "lr": args.lr, "batch_size": 16, "seeds": args.seeds, **summarise(rows, args.variants)}
+    summary = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": 16,
+        "seeds": args.seeds,
+        **summarise(rows, args.variants),
+    }
     summary["targets"] = {"nerflow_minus_plain_min": ">= -noise (seed spread)", "nerflow_minus_plain_mean": ">= 0.01"}
-    report("Word-level test F1: nerflow defaults vs the plain run_ner.py recipe (MiniLM, WikiANN-en regimes)", rows, summary, args.json)
+    report(
+        "Word-level test F1: nerflow defaults vs the plain run_ner.py recipe (MiniLM, WikiANN-en regimes)",
+        rows,
+        summary,
+        args.json,
+    )
 
 
 if __name__ == "__main__":

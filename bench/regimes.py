@@ -46,7 +46,9 @@ def short_mix(n: int) -> Callable[[Rows, random.Random], Rows]:
         longer = [r for r in rows if len(r["tokens"]) > SHORT_MAX_WORDS]
         n_short = round(n * SHORT_SHARE)
         if n_short > len(short):
-            raise SystemExit(f"short regime: {n_short} sentences of <= {SHORT_MAX_WORDS} words wanted, {len(short)} available")
+            raise SystemExit(
+                f"short regime: {n_short} sentences of <= {SHORT_MAX_WORDS} words wanted, {len(short)} available"
+            )
         chosen = rng.sample(short, n_short) + rng.sample(longer, n - n_short)
         rng.shuffle(chosen)
         return chosen

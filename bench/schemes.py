@@ -30,12 +30,15 @@ VARIANTS = {  # name: (scheme the files are written in, dataset.tag_scheme)
 
 
 def write_in_scheme(src: Path, dest: Path, scheme: str, sizes: dict[str, int]) -> Path:
-    from tasks.schemes import convert
+    from nerflow.tasks.data.schemes import convert
 
     dest.mkdir(parents=True, exist_ok=True)
     for split, n in sizes.items():
-        with (src / f"{split}.jsonl").open(encoding="utf-8") as fh, (dest / f"{split}.jsonl").open("w", encoding="utf-8") as out:
-            for i, line in zip(range(n), fh):
+        with (
+            (src / f"{split}.jsonl").open(encoding="utf-8") as fh,
+            (dest / f"{split}.jsonl").open("w", encoding="utf-8") as out,
+        ):
+            for _, line in zip(range(n), fh):
                 row = json.loads(line)
                 tags = convert([LABELS[t] for t in row["ner_tags"]], "iob2", scheme)
                 out.write(json.dumps({"tokens": row["tokens"], "ner_tags": tags}, ensure_ascii=False) + "\n")
@@ -43,13 +46,18 @@ def write_in_scheme(src: Path, dest: Path, scheme: str, sizes: dict[str, int]) -
 
 
 def run_variant(name: str, src: Path, work: Path, args, seed: int) -> dict:
-    from flows.settings import RunSettings
+    from nerflow.tasks.settings import RunSettings
 
     scheme, declared = VARIANTS[name]
-    folder = write_in_scheme(src, work / name / "data", scheme, {"train": args.train_size, "validation": args.eval_size, "test": args.eval_size})
+    folder = write_in_scheme(
+        src,
+        work / name / "data",
+        scheme,
+        {"train": args.train_size, "validation": args.eval_size, "test": args.eval_size},
+    )
     settings = RunSettings.model_validate({
         "dataset": {"source": str(folder), "tag_scheme": declared},
-        "model": {"checkpoint": MINILM},
+        "base_model": {"name": MINILM},
         "train": {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": 16, "seed": seed},
         "output_dir": str(work / name / "runs"),
     })  # fmt: skip
@@ -78,9 +86,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-schemes-") as tmp:
         rows = [run_variant(name, src, Path(tmp), args, seed) for seed in args.seeds for name in args.variants]
     f1 = {(r["variant"], r["seed"]): r["test_f1"] for r in rows}
-    gaps = {name: round(max(abs(f1[(name, s)] - f1[("iob2", s)]) for s in args.seeds), 4) for name in args.variants if name != "iob2" and "iob2" in args.variants}
-    summary = {"train_sentences": args.train_size, "epochs": args.epochs, "seeds": args.seeds, "largest_f1_gap_to_iob2": gaps}
-    report(f"Tagging schemes: {args.train_size} training sentences, MiniLM, {args.epochs} epochs", rows, summary, args.json)
+    gaps = {
+        name: round(max(abs(f1[(name, s)] - f1[("iob2", s)]) for s in args.seeds), 4)
+        for name in args.variants
+        if name != "iob2" and "iob2" in args.variants
+    }
+    summary = {
+        "train_sentences": args.train_size,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "largest_f1_gap_to_iob2": gaps,
+    }
+    report(
+        f"Tagging schemes: {args.train_size} training sentences, MiniLM, {args.epochs} epochs", rows, summary, args.json
+    )
 
 
 if __name__ == "__main__":

@@ -25,22 +25,24 @@ def train_tutorial(folder: Path, epochs: int, out: Path) -> dict:
 
 def train_nerflow(folder: Path, epochs: int, out: Path) -> dict:
     from bench.common import nerflow_steps
-    from flows.settings import RunSettings
-    from tasks.refs import TrainJob
-    from tasks.train import train_model
+    from nerflow.flows.pipeline import Outputs, train_job
+    from nerflow.tasks.refs import RunContext, TrackingRef
+    from nerflow.tasks.settings import RunSettings
+    from nerflow.tasks.train import train_model
 
     # nerflow's defaults with the tutorial's hyperparameters; only the engineering differs.
     s = RunSettings.model_validate(
         {
             "dataset": {"source": str(folder)},
-            "model": {"checkpoint": MINILM},
+            "base_model": {"name": MINILM},
             "train": {"epochs": epochs, "learning_rate": 2e-5, "batch_size": 16},
             "output_dir": str(out),
         }
     )
     dataset, tokenized, _, _ = nerflow_steps(s, out / "run", train=False)
     started = time.perf_counter()
-    train_model(TrainJob.for_run(s, tokenized, out / "run", "bench"))
+    ctx = RunContext.for_run(s, "bench", out / "run")
+    train_model(train_job(s, Outputs(tracking=TrackingRef(), tokenized=tokenized), ctx))
     return {"train_wall_s": time.perf_counter() - started, "sentences": dataset.num_rows["train"]}
 
 
@@ -49,15 +51,15 @@ def tokenization_rates(folder: Path, repeats: int = 5) -> dict[str, float]:
     import json
 
     from bench.tutorial_recipe import tokenize_and_align_labels
-    from flows.settings import ModelSettings
-    from tasks.alignment import b_to_i_map
-    from tasks.checkpoints import load_tokenizer
-    from tasks.tokenize import encode_batch
+    from nerflow.tasks.data.alignment import b_to_i_map
+    from nerflow.tasks.settings import BaseModelSettings
+    from nerflow.tasks.tokenize import encode_batch
+    from nerflow.tasks.training.pretrained import load_tokenizer
 
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     tokens = [r["tokens"] for r in rows]
     tags = [r["ner_tags"] for r in rows]
-    tokenizer = load_tokenizer(ModelSettings(checkpoint=MINILM))
+    tokenizer = load_tokenizer(BaseModelSettings(name=MINILM))
     b_to_i = b_to_i_map(LABELS)
     batches = [(tokens[i : i + 1000], tags[i : i + 1000]) for i in range(0, len(tokens), 1000)]
 
@@ -109,7 +111,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         src = data_dir(args.data)
-        folder = subset(src, Path(tmp) / "data", {"train": args.train_size, "validation": args.val_size, "test": args.val_size})
+        folder = subset(
+            src, Path(tmp) / "data", {"train": args.train_size, "validation": args.val_size, "test": args.val_size}
+        )
         rates = tokenization_rates(subset(src, Path(tmp) / "full", {"train": None, "validation": 10, "test": 10}))
         common = ["--folder", str(folder), "--epochs", str(args.epochs)]
         results = {v: run_isolated("bench.speed", ["--variant", v, *common]) for v in ("tutorial", "nerflow")}
@@ -133,9 +137,18 @@ def main() -> None:
         "tokenize_throughput_ratio": round(ner["tokenize_sent_per_s"] / tut["tokenize_sent_per_s"], 3),
         "nerflow_peak_rss_gib": round(ner["peak_rss_mib"] / 1024, 3),
         "tutorial_peak_rss_gib": round(tut["peak_rss_mib"] / 1024, 3),
-        "targets": {"train_throughput_ratio": ">= 1.3", "nerflow_peak_rss_gib": "< 1.5", "tokenize_throughput_ratio": ">= 1.0"},
+        "targets": {
+            "train_throughput_ratio": ">= 1.3",
+            "nerflow_peak_rss_gib": "< 1.5",
+            "tokenize_throughput_ratio": ">= 1.0",
+        },
     }
-    report("Training speed and memory: tutorial Trainer settings vs nerflow defaults (MiniLM, CPU)", rows, summary, args.json)
+    report(
+        "Training speed and memory: tutorial Trainer settings vs nerflow defaults (MiniLM, CPU)",
+        rows,
+        summary,
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def training_arguments(
     )
 
 
-def fine_tune(folder, out, epochs: int, learning_rate: float, seed: int = 42, plain: bool = False, batch_size: int = 16) -> dict:
+def fine_tune(
+    folder, out, epochs: int, learning_rate: float, seed: int = 42, plain: bool = False, batch_size: int = 16
+) -> dict:
     """Fine-tune the packaged MiniLM on folder's train split the recipe's way, scoring validation each
     epoch the recipe's way; save the final model to out/model. Returns times and per-epoch F1."""
     import time
@@ -97,20 +99,26 @@ def fine_tune(folder, out, epochs: int, learning_rate: float, seed: int = 42, pl
     from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, Trainer
 
     from bench.common import LABELS, MINILM
-    from tasks.checkpoints import resolve_checkpoint
+    from nerflow.tasks.training.pretrained import resolve_model_folder
 
-    path = resolve_checkpoint(MINILM)
+    path = resolve_model_folder(MINILM)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    raw = datasets.load_dataset("json", data_files={s: str(Path(folder) / f"{s}.jsonl") for s in ("train", "validation")})
+    raw = datasets.load_dataset(
+        "json", data_files={s: str(Path(folder) / f"{s}.jsonl") for s in ("train", "validation")}
+    )
     tokenized = raw.map(
-        lambda ex: tokenize_and_align_labels(ex, tokenizer, label_all_tokens=not plain), batched=True, remove_columns=["tokens", "ner_tags"]
+        lambda ex: tokenize_and_align_labels(ex, tokenizer, label_all_tokens=not plain),
+        batched=True,
+        remove_columns=["tokens", "ner_tags"],
     )
     model = AutoModelForTokenClassification.from_pretrained(
         path, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
     )
     trainer = Trainer(
         model=model,
-        args=training_arguments(str(Path(out) / "checkpoints"), epochs, learning_rate, batch_size, seed=seed, plain=plain),
+        args=training_arguments(
+            str(Path(out) / "checkpoints"), epochs, learning_rate, batch_size, seed=seed, plain=plain
+        ),
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
@@ -122,4 +130,9 @@ def fine_tune(folder, out, epochs: int, learning_rate: float, seed: int = 42, pl
     wall = time.perf_counter() - started
     trainer.save_model(str(Path(out) / "model"))
     val_f1 = [round(e["eval_f1"], 4) for e in trainer.state.log_history if "eval_f1" in e]
-    return {"train_wall_s": wall, "sentences": len(tokenized["train"]), "val_f1": val_f1, "model_dir": str(Path(out) / "model")}
+    return {
+        "train_wall_s": wall,
+        "sentences": len(tokenized["train"]),
+        "val_f1": val_f1,
+        "model_dir": str(Path(out) / "model"),
+    }

@@ -22,14 +22,22 @@ DEFAULT_BLOCK = "custom-webhook/nerflow-alerts"
 def failed_tasks(flow_run_id, wait_s: float = 10.0) -> list[str]:
     """Names of the run's failed tasks. Task states reach the server as events, recorded a moment
     later, so a run that just failed may not show its failed task yet: ask again for up to wait_s."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
+
     failed = TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED]))
     deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), task_run_filter=TaskRunFilter(state=failed)
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                task_run_filter=TaskRunFilter(state=failed),
             )
             if runs or time.monotonic() > deadline:
                 return sorted({r.name.rsplit("-", 1)[0] for r in runs})
@@ -92,6 +100,8 @@ def create_webhook_block(url: str, name: str = "nerflow-alerts") -> str:
     """Save the default alert block: POST {"subject": ..., "body": ...} as JSON to url."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    block = CustomWebhookNotificationBlock(name="nerflow", url=url, method="POST", json_data={"subject": "{{subject}}", "body": "{{body}}"})
+    block = CustomWebhookNotificationBlock(
+        name="nerflow", url=url, method="POST", json_data={"subject": "{{subject}}", "body": "{{body}}"}
+    )
     block.save(name, overwrite=True, _sync=True)
     return f"custom-webhook/{name}"

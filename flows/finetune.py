@@ -1,4 +1,5 @@
-"""The `finetune_ner` flow: ingest -> tokenize -> train -> evaluate -> model card -> publish.
+"""The `finetune_ner` flow: the pipeline (nerflow.flows.pipeline) in a run folder of its own, under the
+operator's policy, once per dataset revision.
 
 Tasks hand each other small references (paths and fingerprints); the data and the weights stay on disk.
 Every run writes into its own folder, OUTPUT_DIR/RUN_NAME: `model/` (weights, config with the labels,
@@ -18,21 +19,15 @@ from prefect.logging import get_run_logger
 from prefect.states import Completed, State
 from pydantic import BaseModel
 
-from flows.alerts import on_run_failure
-from flows.settings import DatasetSettings, RunSettings
-from tasks.caching import adopt_outputs, cached_or_rebuilt, ensure_result_storage
-from tasks.card import model_card_task, widget_predictions_task
-from tasks.evaluate import evaluate_task, metrics_exist
-from tasks.ingest import ingest_task
-from tasks.publish import publish_task
-from tasks.errors import InputError
-from tasks.logs import invalid_input, quiet_input_errors_on_console, quiet_third_party
-from tasks.policy import check_run_policy
-from tasks.storage import atomic_write_json, folder_lock, recover_interrupted_swaps
-from tasks.refs import DatasetRef, TrackingRef, TrainJob
-from tasks.tokenize import tokenize_task, tokenized_exists
-from tasks.track import start_tracking_task, track_task
-from tasks.train import model_exists, train_task
+from nerflow.flows.alerts import on_run_failure
+from nerflow.flows.pipeline import Outputs, run_steps
+from nerflow.flows.policy import check_run_policy
+from nerflow.tasks.refs import DatasetRef, RunContext
+from nerflow.tasks.runtime.caching import ensure_result_storage
+from nerflow.tasks.runtime.errors import InputError
+from nerflow.tasks.runtime.files import atomic_write_json, folder_lock, recover_interrupted_swaps
+from nerflow.tasks.runtime.logs import invalid_input, quiet_input_errors_on_console, quiet_third_party
+from nerflow.tasks.settings import DatasetSettings, RunSettings
 
 
 class RunResult(BaseModel):
@@ -51,7 +46,7 @@ class RunResult(BaseModel):
     reused_model_from: str | None
     train_runtime_s: float = 0.0
     compile_s: float = 0.0
-    """Part of train_runtime_s spent compiling the model (train.compile)."""
+    """Part of train_runtime_s spent compiling the model (compute.compile)."""
     stopped_early: str | None = None
     mlflow_run_id: str | None = None
     mlflow_model_version: str | None = None
@@ -100,12 +95,17 @@ def revision_already_handled(revision: str | None) -> str | None:
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=states), expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=states), expected_start_time=FlowRunFilterExpectedStartTime(after_=since)
+            ),
             limit=200,
         )
     for run in runs:
         if str(run.id) != str(flow_run.id) and run.parameters.get("dataset_revision") == revision:
-            return f"dataset revision {revision} is already handled by flow run {run.name} ({run.state_type.value.lower()}); nothing to do"
+            return (
+                f"dataset revision {revision} is already handled by flow run {run.name} "
+                f"({run.state_type.value.lower()}); nothing to do"
+            )
     return None
 
 
@@ -145,7 +145,14 @@ def summary_markdown(result: RunResult) -> str:
         ]
         + ([f"- Training resumed from `{result.resumed_from}`"] if result.resumed_from else [])
         + ([f"- Early stopping: {result.stopped_early}"] if result.stopped_early else [])
-        + ([f"- MLflow run `{result.mlflow_run_id}`" + (f", registered model version {result.mlflow_model_version}" if result.mlflow_model_version else "")] if result.mlflow_run_id else [])
+        + (
+            [
+                f"- MLflow run `{result.mlflow_run_id}`"
+                + (f", registered model version {result.mlflow_model_version}" if result.mlflow_model_version else "")
+            ]
+            if result.mlflow_run_id
+            else []
+        )
         + ([f"- Model reused (cached) from `{result.reused_model_from}`"] if result.reused_model_from else [])
         + (examples if result.widget_predictions else [])
     )
@@ -171,7 +178,9 @@ def finetune_ner(
     quiet_input_errors_on_console()
     quiet_third_party()
     if dataset_revision:
-        settings = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"revision": dataset_revision})})
+        settings = settings.model_copy(
+            update={"dataset": settings.dataset.model_copy(update={"revision": dataset_revision})}
+        )
     try:
         check_run_policy(settings)
         if handled := revision_already_handled(dataset_revision):
@@ -186,41 +195,25 @@ def finetune_ner(
 
 
 def run_pipeline(settings: RunSettings, run_name: str, run_dir: Path) -> RunResult | None:
-    """ingest -> tokenize -> train -> evaluate -> card -> widget predictions -> publish -> track."""
-    cache_dir = str(settings.resolved_cache_dir())
-    tracking = start_tracking_task(settings.tracking, run_name) if settings.tracking.backends else TrackingRef()
-    dataset = ingest_task(settings.dataset, cache_dir)
-    label_trained_revision(settings.dataset, dataset)
-    tokenized = cached_or_rebuilt(tokenize_task, tokenized_exists, dataset, settings.model, settings.tokenize, cache_dir)
-    job = TrainJob.for_run(settings, tokenized, run_dir, run_name).model_copy(update={"mlflow_run_id": tracking.mlflow_run_id})
-    train_step = train_task if settings.train.reuse_cached_model else train_task.with_options(refresh_cache=True)
-    model = cached_or_rebuilt(train_step, model_exists, job)
-    if model is None:  # a secondary node of a multi-node run: rank 0's node does the rest
+    """The pipeline (nerflow.flows.pipeline) as Prefect tasks, then the run's summary artifact."""
+    ctx = RunContext.for_run(settings, run_name, run_dir)
+    out = run_steps(settings, ctx, after={"ingest": lambda out: label_trained_revision(settings.dataset, out.dataset)})
+    if out.model is None:  # a secondary node of a multi-node run: rank 0's node does the rest
         return None
-    evaluation = cached_or_rebuilt(
-        evaluate_task, metrics_exist, model, tokenized, str(run_dir), settings.train.eval_batch_size, settings.evaluation.decoding
-    )
-    model, evaluation = adopt_outputs(run_dir, model, evaluation)  # cache hits may point to an earlier run
-    card = model_card_task(model, evaluation, dataset, tokenized, settings, run_name)
-    found = widget_predictions_task(model, card.widget_examples)
-    publication = publish_task(str(run_dir), settings.publish, settings.resolved_model_name())
-    if {"mlflow", "tensorboard"} & set(settings.tracking.backends):
-        published_to = publication.location() if publication.published else None
-        tracking = track_task(tracking, settings, run_name, str(run_dir), model, evaluation, card, dataset, published_to)
-    result = run_result(run_name, run_dir, dataset, model, evaluation, card, publication, found, tracking)
+    result = run_result(ctx, out)
     create_markdown_artifact(key="run-summary", markdown=summary_markdown(result), description="Where the model is")
     return result
 
 
 def label_trained_revision(cfg: DatasetSettings, dataset: DatasetRef) -> None:
     """Put the dataset revision this run trains on as a label on the flow run, where the watcher finds
-    it if its own record is lost (flows.watcher.last_trained_revision). Best effort: a run never
+    it if its own record is lost (nerflow.flows.watcher.last_trained_revision). Best effort: a run never
     fails over its label."""
     from prefect import get_client
     from prefect.runtime import flow_run
 
-    from flows.watcher import TRAINED_REVISION_LABEL
-    from tasks.sources import source_revision
+    from nerflow.flows.watcher import TRAINED_REVISION_LABEL
+    from nerflow.tasks.data.sources import source_revision
 
     try:
         revision = dataset.source_revision or source_revision(cfg)
@@ -231,28 +224,29 @@ def label_trained_revision(cfg: DatasetSettings, dataset: DatasetRef) -> None:
         get_run_logger().debug("could not label the run with its dataset revision: %s", type(e).__name__)
 
 
-def run_result(run_name, run_dir, dataset, model, evaluation, card, publication, found, tracking) -> RunResult:
+def run_result(ctx: RunContext, out: Outputs) -> RunResult:
+    model, evaluation, publication = out.model, out.evaluation, out.publication
     return RunResult(
-        run_name=run_name,
-        run_dir=str(run_dir),
+        run_name=ctx.run_name,
+        run_dir=ctx.run_dir,
         model_dir=model.path,
-        card_path=card.path,
+        card_path=out.card.path,
         metrics_path=evaluation.path,
-        settings_path=str(run_dir / "settings.json"),
+        settings_path=str(Path(ctx.run_dir) / "settings.json"),
         test_f1=evaluation.test["f1"],
         test_precision=evaluation.test["precision"],
         test_recall=evaluation.test["recall"],
         validation_f1=evaluation.word_level["validation"]["f1"],
-        dataset_fingerprint=dataset.fingerprint,
+        dataset_fingerprint=out.dataset.fingerprint,
         resumed_from=model.resumed_from,
         reused_model_from=model.reused_from,
         train_runtime_s=model.train_runtime_s,
         compile_s=model.compile_s,
         stopped_early=model.stopped_early,
-        widget_predictions=found,
+        widget_predictions=out.widget_predictions or [],
         published=publication.published,
         published_to=publication.location(),
         gate=publication.gate.reason,
-        mlflow_run_id=tracking.mlflow_run_id,
-        mlflow_model_version=tracking.registered_version,
+        mlflow_run_id=out.tracking.mlflow_run_id,
+        mlflow_model_version=out.tracking.registered_version,
     )

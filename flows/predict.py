@@ -17,11 +17,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from tasks import s3
-from tasks.errors import InputError
-from tasks.logs import invalid_input, quiet_input_errors_on_console
-from tasks.policy import check_predict_policy
-from tasks.predict_io import predict_file
+from nerflow.flows.policy import check_predict_policy
+from nerflow.tasks.prediction.files import predict_file
+from nerflow.tasks.runtime import s3
+from nerflow.tasks.runtime.errors import InputError
+from nerflow.tasks.runtime.logs import invalid_input, quiet_input_errors_on_console
 
 
 def _fetch(uri: str, folder: Path) -> Path:
@@ -40,12 +40,18 @@ def _deliver(local: Path, uri: str) -> None:
 
 
 @task(name="predict-file", cache_policy=NO_CACHE)
-def predict_file_task(model_dir: str, input_path: str, output_path: str, input_format: str, labelled: bool, batch_size: int, stride: int) -> dict[str, Any]:
+def predict_file_task(
+    model_dir: str, input_path: str, output_path: str, input_format: str, labelled: bool, batch_size: int, stride: int
+) -> dict[str, Any]:
     logger = get_run_logger()
     with tempfile.TemporaryDirectory() as tmp:
         local_in = _fetch(input_path, Path(tmp))
         local_out = Path(tmp) / Path(output_path).name if output_path.startswith("s3://") else Path(output_path)
-        progress = lambda done, total: logger.info("batch %d of %d", done, total) if done % 50 == 0 or done == total else None  # noqa: E731
+
+        def progress(done: int, total: int) -> None:
+            if done % 50 == 0 or done == total:
+                logger.info("batch %d of %d", done, total)
+
         summary = predict_file(model_dir, local_in, local_out, input_format, labelled, batch_size, stride, progress)
         _deliver(local_out, output_path)
         if labelled:
@@ -53,7 +59,10 @@ def predict_file_task(model_dir: str, input_path: str, output_path: str, input_f
     return summary | {"output": output_path}
 
 
-@flow(name="predict_ner", description="Tag every document of a file (text, jsonl or CoNLL; local or s3://) with a trained model.")
+@flow(
+    name="predict_ner",
+    description="Tag every document of a file (text, jsonl or CoNLL; local or s3://) with a trained model.",
+)
 def predict_ner(
     model_dir: str,
     input_path: str,
@@ -64,12 +73,12 @@ def predict_ner(
     stride: int = 32,
 ) -> dict[str, Any]:
     """The model folder, the input and the output must lie where this worker's policy allows
-    (tasks.policy), checked before anything is read; unusable input ends the run Failed "Invalid input"."""
+    (nerflow.flows.policy), checked before anything is read; unusable input ends the run Failed "Invalid input"."""
     quiet_input_errors_on_console()
     try:
         check_predict_policy(model_dir, input_path, output_path)
         summary = predict_file_task(model_dir, input_path, output_path, input_format, labelled, batch_size, stride)
     except InputError as exc:
         return invalid_input(exc)
-    create_table_artifact(key="prediction-summary", table=[{k: v for k, v in summary.items()}], description="Batch prediction")
+    create_table_artifact(key="prediction-summary", table=[dict(summary)], description="Batch prediction")
     return summary

@@ -58,22 +58,41 @@ def restart_crashed_run(flow_run_id: str, max_restarts: int = 1, reason: Reason 
         found = client.read_flow_run(run_id)
         run = recovery_target(client, found)
         if run is None:
-            return RecoveryResult(flow_run_id=str(run_id), restarted=False, reason="no deployment run holds it: nothing to schedule again")
+            return RecoveryResult(
+                flow_run_id=str(run_id), restarted=False, reason="no deployment run holds it: nothing to schedule again"
+            )
         # A run starter may name any flow run here: only nerflow's training runs are ever restarted.
         if (flow_name := client.read_flow(run.flow_id).name) not in TRAINING_FLOWS:
-            return RecoveryResult(flow_run_id=str(run.id), restarted=False, reason=f"a run of {flow_name!r}, not of {' or '.join(TRAINING_FLOWS)}: not restarted")
+            return RecoveryResult(
+                flow_run_id=str(run.id),
+                restarted=False,
+                reason=f"a run of {flow_name!r}, not of {' or '.join(TRAINING_FLOWS)}: not restarted",
+            )
         state = run.state.type if run.state else None
         # A crashed trial of a sweep that still runs is the sweep's to retry; a silent run that ended is fine.
         if state != (StateType.CRASHED if reason == "crashed" else StateType.RUNNING):
-            return RecoveryResult(flow_run_id=str(run.id), restarted=False, reason=f"the run is {state}: nothing to recover")
-        restarts = sum(s.type == StateType.SCHEDULED and (s.message or "").startswith(RESTART_MESSAGE) for s in client.read_flow_run_states(run.id))
+            return RecoveryResult(
+                flow_run_id=str(run.id), restarted=False, reason=f"the run is {state}: nothing to recover"
+            )
+        restarts = sum(
+            s.type == StateType.SCHEDULED and (s.message or "").startswith(RESTART_MESSAGE)
+            for s in client.read_flow_run_states(run.id)
+        )
         # run_count counts the attempts that reached Running: 1 for the first, 2 after one restart.
         if restarts >= run.run_count:
-            return RecoveryResult(flow_run_id=str(run.id), restarted=False, reason="a late report: its restart is under way")
+            return RecoveryResult(
+                flow_run_id=str(run.id), restarted=False, reason="a late report: its restart is under way"
+            )
         if run.run_count > max_restarts:
             give_up_alert(run)
-            return RecoveryResult(flow_run_id=str(run.id), restarted=False, reason=f"already restarted after {run.run_count} attempts")
-        why = "after a crash" if reason == "crashed" else "after its heartbeats stopped (its process, worker or node is gone)"
+            return RecoveryResult(
+                flow_run_id=str(run.id), restarted=False, reason=f"already restarted after {run.run_count} attempts"
+            )
+        why = (
+            "after a crash"
+            if reason == "crashed"
+            else "after its heartbeats stopped (its process, worker or node is gone)"
+        )
         message = f"{RESTART_MESSAGE} {why} (attempt {run.run_count + 1}); resumes from its last checkpoint"
         # Running -> Scheduled directly for a silent run: its queue slot is free at once, and no Crashed
         # event asks the other trigger to restart it a second time.
@@ -83,7 +102,7 @@ def restart_crashed_run(flow_run_id: str, max_restarts: int = 1, reason: Reason 
 
 def give_up_alert(run) -> None:
     """The run died again after its restart: a person is needed (the run's own hooks could not run)."""
-    from flows.alerts import alert_block, alert_text, load_notifier
+    from nerflow.flows.alerts import alert_block, alert_text, load_notifier
 
     notifier = load_notifier(alert_block(run.parameters or {}))
     if notifier is not None:
@@ -91,7 +110,13 @@ def give_up_alert(run) -> None:
         notifier.notify(body=body + "\nrestarted once already: not restarted again", subject=subject, _sync=True)
 
 
-@flow(name="recover_crashed_run", description="Schedule a dead training run (crashed, or its heartbeats stopped) again, once; it resumes from its last checkpoint.")
+@flow(
+    name="recover_crashed_run",
+    description=(
+        "Schedule a dead training run (crashed, or its heartbeats stopped) again, once; it resumes from "
+        "its last checkpoint."
+    ),
+)
 def recover_crashed_run(flow_run_id: str, max_restarts: int = 1, reason: Reason = "crashed") -> RecoveryResult:
     result = restart_crashed_run(flow_run_id, max_restarts, reason)
     get_run_logger().info("flow run %s: %s", result.flow_run_id, result.reason)

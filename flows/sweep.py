@@ -26,16 +26,16 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ValidationError
 
-from flows.finetune import finetune_ner
-from flows.pools import SWEEP_QUEUE
-from tasks.caching import ensure_result_storage
-from tasks.errors import InputError
-from tasks.ingest import ingest_task
-from tasks.policy import policy_problems, refuse
-from tasks.publish import PublishResult, publish_task
-from tasks.settings import RunSettings, SettingsError, apply_overrides, describe_validation_error
-from tasks.storage import folder_lock
-from tasks.tokenize import tokenize_task
+from nerflow.flows.finetune import finetune_ner
+from nerflow.flows.pipeline import run_steps
+from nerflow.flows.policy import policy_problems, refuse
+from nerflow.flows.queues import SWEEP_QUEUE
+from nerflow.tasks.publish import PublishResult, publish_task
+from nerflow.tasks.refs import RunContext
+from nerflow.tasks.runtime.caching import ensure_result_storage
+from nerflow.tasks.runtime.errors import InputError
+from nerflow.tasks.runtime.files import folder_lock
+from nerflow.tasks.settings import RunSettings, SettingsError, apply_overrides, describe_validation_error
 
 
 class Trial(BaseModel):
@@ -69,7 +69,9 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def trial_settings(base: RunSettings, grid: dict[str, list[Any]], name: str) -> list[tuple[dict[str, Any], RunSettings]]:
+def trial_settings(
+    base: RunSettings, grid: dict[str, list[Any]], name: str
+) -> list[tuple[dict[str, Any], RunSettings]]:
     """Every combination of the grid's values applied to base, checked; trials publish nothing."""
     trials = []
     for number, values in enumerate(itertools.product(*grid.values()) if grid else [()], start=1):
@@ -86,7 +88,7 @@ def trial_settings(base: RunSettings, grid: dict[str, list[Any]], name: str) -> 
 def check_sweep_policy(settings: RunSettings, trials: list[tuple[dict[str, Any], RunSettings]]) -> None:
     """The policy for the sweep's settings and every trial's (a grid value may name a place or code),
     every problem named once, before any work."""
-    from tasks.trainer_args import check_trainer_values
+    from nerflow.tasks.settings.trainer_args import check_trainer_values
 
     problems: list[str] = []
     for checked in [settings, *(trial for _, trial in trials)]:
@@ -100,11 +102,18 @@ def warm_caches(trials: list[tuple[dict[str, Any], RunSettings]]) -> None:
     """Ingest and tokenize once per distinct data/model/tokenization, so no two trials do it."""
     seen = set()
     for _, s in trials:
-        key = json.dumps([s.dataset.model_dump(mode="json"), s.model.model_dump(mode="json"), s.tokenize.model_dump(mode="json"), s.cache_dir, s.output_dir])
+        key = json.dumps(
+            [
+                s.dataset.model_dump(mode="json"),
+                s.base_model.model_dump(mode="json"),
+                s.tokenize.model_dump(mode="json"),
+                s.cache_dir,
+                s.output_dir,
+            ]
+        )
         if key not in seen:
             seen.add(key)
-            cache_dir = str(s.resolved_cache_dir())
-            tokenize_task(ingest_task(s.dataset, cache_dir), s.model, s.tokenize, cache_dir)
+            run_steps(s, RunContext.for_run(s, f"{s.run_name}-warm-up"), until="tokenize")
 
 
 def run_trial(trial: Trial, settings: RunSettings, deployment: str | None, retries: int) -> Trial:
@@ -115,7 +124,13 @@ def run_trial(trial: Trial, settings: RunSettings, deployment: str | None, retri
         if deployment:
             from prefect.deployments import run_deployment
 
-            flow_run = run_deployment(deployment, parameters={"settings": settings.model_dump(mode="json")}, work_queue_name=SWEEP_QUEUE, timeout=None, as_subflow=True)
+            flow_run = run_deployment(
+                deployment,
+                parameters={"settings": settings.model_dump(mode="json")},
+                work_queue_name=SWEEP_QUEUE,
+                timeout=None,
+                as_subflow=True,
+            )
             state = flow_run.state
         else:
             state = finetune_ner(settings=settings, return_state=True)
@@ -135,11 +150,15 @@ def run_trial(trial: Trial, settings: RunSettings, deployment: str | None, retri
 
 def leaderboard(trials: list[Trial]) -> list[dict[str, Any]]:
     rows = sorted(trials, key=lambda t: (t.validation_f1 is None, -(t.validation_f1 or 0), t.number))
+
+    def cell(v: Any) -> Any:
+        return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+    scores = ("state", "validation_f1", "test_f1", "seconds", "attempts")
     return [
-        {"trial": t.number, **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in t.overrides.items()}, "state": t.state,
-         "validation_f1": t.validation_f1, "test_f1": t.test_f1, "seconds": t.seconds, "attempts": t.attempts}
+        {"trial": t.number, **{k: cell(v) for k, v in t.overrides.items()}, **{k: getattr(t, k) for k in scores}}
         for t in rows
-    ]  # fmt: skip
+    ]
 
 
 @flow(name="sweep_ner", description="Train one run per point of a hyperparameter grid; publish the validation-best.")
@@ -161,8 +180,12 @@ def sweep_ner(
     board = [Trial(number=i, overrides=o, run_name=s.run_name) for i, (o, s) in enumerate(trials, start=1)]
 
     def finished(trial: Trial) -> Trial:
-        create_table_artifact(key="sweep-leaderboard", table=leaderboard(board), description=f"Sweep {name}: trials by validation F1")
-        logger.info("trial %d %s: validation F1 %s, test F1 %s", trial.number, trial.state, trial.validation_f1, trial.test_f1)
+        create_table_artifact(
+            key="sweep-leaderboard", table=leaderboard(board), description=f"Sweep {name}: trials by validation F1"
+        )
+        logger.info(
+            "trial %d %s: validation F1 %s, test F1 %s", trial.number, trial.state, trial.validation_f1, trial.test_f1
+        )
         return trial
 
     if deployment:
@@ -186,7 +209,7 @@ def ensure_sweep_queue(deployment: str, max_parallel: int) -> None:
     """The deployment's pool gets a `sweep` queue limited to max_parallel runs at a time."""
     from prefect import get_client
 
-    from flows.pools import ensure_queue
+    from nerflow.flows.queues import ensure_queue
 
     with get_client(sync_client=True) as client:
         pool = client.read_deployment_by_name(deployment).work_pool_name

@@ -23,10 +23,10 @@ from prefect.logging import get_run_logger
 from prefect.variables import Variable
 from pydantic import BaseModel
 
-from flows.settings import DatasetSettings
-from tasks.policy import check_dataset_policy
-from tasks.sources import source_revision
-from tasks.retry import REVISION_CHECK_TIMEOUT_S, TASK_RETRIES, network_retry_condition
+from nerflow.flows.policy import check_dataset_policy
+from nerflow.tasks.data.sources import source_revision
+from nerflow.tasks.runtime.retry import REVISION_CHECK_TIMEOUT_S, TASK_RETRIES, network_retry_condition
+from nerflow.tasks.settings import DatasetSettings
 
 EVENT = "nerflow.dataset.updated"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,100}$")
@@ -41,7 +41,9 @@ class WatchResult(BaseModel):
 
 def check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise ValueError(f"dataset name {name!r}: use lowercase letters, digits, '-' and '_' (it names an event resource)")
+        raise ValueError(
+            f"dataset name {name!r}: use lowercase letters, digits, '-' and '_' (it names an event resource)"
+        )
     return name
 
 
@@ -85,21 +87,38 @@ def last_trained_revision(name: str) -> str | None:
     """The dataset revision the newest completed training of this dataset used: the label finetune_ner
     puts on its flow run, on the newest completed run tagged with the dataset's name."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["finetune_ner"])),
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[name]), state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))),
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[name]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+            ),
             sort=FlowRunSort.END_TIME_DESC,
             limit=50,
         )
-    return next((run.labels[TRAINED_REVISION_LABEL] for run in runs if TRAINED_REVISION_LABEL in (run.labels or {})), None)
+    return next(
+        (run.labels[TRAINED_REVISION_LABEL] for run in runs if TRAINED_REVISION_LABEL in (run.labels or {})), None
+    )
 
 
-@task(name="read-revision", retry_condition_fn=network_retry_condition, timeout_seconds=REVISION_CHECK_TIMEOUT_S, **TASK_RETRIES)
+@task(
+    name="read-revision",
+    retry_condition_fn=network_retry_condition,
+    timeout_seconds=REVISION_CHECK_TIMEOUT_S,
+    **TASK_RETRIES,
+)
 def read_revision(dataset: DatasetSettings) -> str:
     return source_revision(dataset)
 
@@ -116,7 +135,9 @@ def watch_dataset(dataset: DatasetSettings, name: str) -> WatchResult:
         logger.info("dataset %s: no revision recorded as seen; the last completed training used %s", name, previous)
     emitted = previous is not None and previous != revision
     if emitted:
-        event_id = send_dataset_updated(name, revision, dataset.source, previous)  # raises: nothing recorded, sent next time
+        event_id = send_dataset_updated(
+            name, revision, dataset.source, previous
+        )  # raises: nothing recorded, sent next time
         logger.info("dataset %s changed: %s -> %s; %s accepted as event %s", name, previous, revision, EVENT, event_id)
     elif previous is None:
         logger.info("dataset %s first seen at revision %s; recorded, nothing emitted", name, revision)

@@ -16,12 +16,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
-from tasks.settings import RunSettings
-from tasks.caching import JSON_RESULTS, fingerprint, model_identity
-from tasks.metrics import DECODING_NOTE, SUBWORD_NOTE, WORD_LEVEL_NOTE, per_entity_table
-from tasks.plots import CONFUSION_MATRIX, TRAINING_CURVES, confusion_png, training_curves_png
-from tasks.refs import CardRef, DatasetRef, EvaluationRef, ModelRef, TokenizedRef
-from tasks.storage import atomic_write_text
+from nerflow.tasks.refs import CardRef, DatasetRef, EvaluationRef, ModelRef, TokenizedRef
+from nerflow.tasks.reporting.plots import CONFUSION_MATRIX, TRAINING_CURVES, confusion_png, training_curves_png
+from nerflow.tasks.runtime.caching import JSON_RESULTS, fingerprint, model_identity
+from nerflow.tasks.runtime.files import atomic_write_text
+from nerflow.tasks.scoring.metrics import DECODING_NOTE, SUBWORD_NOTE, WORD_LEVEL_NOTE, per_entity_table
+from nerflow.tasks.settings import RunSettings
 
 # The five widget examples of the tutorial's Bengali model card.
 WIDGET_EXAMPLES: dict[str, list[str]] = {
@@ -42,7 +42,7 @@ WIDGET_EXAMPLES: dict[str, list[str]] = {
 }
 N_FALLBACK_EXAMPLES = 5
 
-CARD_TEMPLATE = (Path(__file__).parent / "model_card.jinja").read_text(encoding="utf-8")
+CARD_TEMPLATE = (Path(__file__).parent / "reporting" / "model_card.jinja").read_text(encoding="utf-8")
 
 ALIGNMENT_TEXT = {
     "first": "the first subword of each word carries its label; the others are ignored by the loss",
@@ -68,7 +68,7 @@ def _hub_id(name: str) -> str | None:
 
 
 def _base_model(settings: RunSettings) -> str | None:
-    return settings.model.base_model_id or _hub_id(settings.model.checkpoint)
+    return settings.base_model.hub_id or _hub_id(settings.base_model.name)
 
 
 def _dataset_name(dataset: DatasetRef) -> str:
@@ -145,8 +145,12 @@ def template_context(
     base_model, dataset_id, hparams = _base_model(settings), _hub_id(dataset.source), settings.train
     return {
         "model_name": settings.resolved_model_name(),
-        "base_model_link": f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{settings.model.checkpoint}`",
-        "dataset_link": f"[{_dataset_name(dataset)}](https://huggingface.co/datasets/{dataset_id})" if dataset_id else f"`{_dataset_name(dataset)}`",
+        "base_model_link": f"[{base_model}](https://huggingface.co/{base_model})"
+        if base_model
+        else f"`{settings.base_model.name}`",
+        "dataset_link": f"[{_dataset_name(dataset)}](https://huggingface.co/datasets/{dataset_id})"
+        if dataset_id
+        else f"`{_dataset_name(dataset)}`",
         "dataset_name": _dataset_name(dataset),
         "source_scheme": SCHEME_TEXT.get(dataset.tag_scheme),
         "source_label_names": dataset.source_label_names,
@@ -159,7 +163,9 @@ def template_context(
         "decoding": evaluation.decoding,
         "argmax_f1": evaluation.word_level_argmax.get("test", {}).get("f1"),
         "subword_note": SUBWORD_NOTE,
-        "warmup": f"{hparams.warmup_steps} steps" if hparams.warmup_steps is not None else f"{hparams.warmup_ratio:.0%} of the steps",
+        "warmup": f"{hparams.warmup_steps} steps"
+        if hparams.warmup_steps is not None
+        else f"{hparams.warmup_ratio:.0%} of the steps",
         "label_names": dataset.label_names,
         "entity_types": sorted({n[2:] for n in dataset.label_names if n != "O"}),
         "dataset": dataset,
@@ -193,7 +199,9 @@ def build_card(
 
     examples = widget_examples(settings, dataset)
     context = template_context(model, evaluation, dataset, tokenized, settings, run_name, examples, images or {})
-    return ModelCard.from_template(card_metadata(evaluation, dataset, settings, examples), template_str=CARD_TEMPLATE, **context)
+    return ModelCard.from_template(
+        card_metadata(evaluation, dataset, settings, examples), template_str=CARD_TEMPLATE, **context
+    )
 
 
 def check_card(path: Path) -> list[str]:
@@ -262,7 +270,7 @@ def render_model_card(
 
 def widget_predictions(model_dir: str, examples: list[str]) -> list[dict[str, Any]]:
     """Entities the model finds in each widget example, for the run summary."""
-    from tasks.predict import NerPredictor
+    from nerflow.tasks.prediction.tagger import NerPredictor
 
     found = NerPredictor(model_dir).predict(examples)
     return [{"text": text, "entities": entities} for text, entities in zip(examples, found)]

@@ -8,18 +8,20 @@ pipeline gives) and the tutorial's subword-level F1, each labelled, so all three
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
-from tasks.batching import pad_multiple, resolve_batching
-from tasks.caching import JSON_RESULTS, fingerprint, model_identity
-from tasks.inference import SplitPredictions, choose_device, predict_tokenized
-from tasks.metrics import (
+from nerflow.tasks.refs import EvaluationRef, ModelRef, RunContext, TokenizedRef
+from nerflow.tasks.runtime.caching import JSON_RESULTS, CachedStep, fingerprint, model_identity
+from nerflow.tasks.runtime.files import atomic_write_json
+from nerflow.tasks.scoring.inference import SplitPredictions, choose_device, predict_tokenized
+from nerflow.tasks.scoring.metrics import (
     DECODING_NOTE,
     SUBWORD_NOTE,
     WORD_LEVEL_NOTE,
@@ -29,16 +31,18 @@ from tasks.metrics import (
     type_confusion,
     word_level_sequences,
 )
-from tasks.refs import EvaluationRef, ModelRef, TokenizedRef
-from tasks.storage import atomic_write_json
+from nerflow.tasks.settings import ComputeSettings, EvaluationSettings
+from nerflow.tasks.training.batching import pad_multiple, resolve_batching
 
 EVAL_SPLITS = ("validation", "test")
+
+
 def predict_splits(model_dir: str, data, batch_size: int, label_names: list[str]) -> dict[str, SplitPredictions]:
     """Load the saved model once and score every evaluated split."""
     import torch
     from transformers import AutoTokenizer
 
-    from tasks.checkpoints import load_network
+    from nerflow.tasks.training.pretrained import load_network
 
     device, bf16, fp16 = choose_device("auto")
     network = load_network(model_dir).to(device).eval()
@@ -50,7 +54,9 @@ def predict_splits(model_dir: str, data, batch_size: int, label_names: list[str]
     return {name: predict_tokenized(network, data[name], batch_size, label_names, **options) for name in EVAL_SPLITS}
 
 
-def split_scores(predictions: SplitPredictions, split, names: list[str], decoding: str) -> tuple[dict, dict, float, Any]:
+def split_scores(
+    predictions: SplitPredictions, split, names: list[str], decoding: str
+) -> tuple[dict, dict, float, Any]:
     """(decoded word-level scores, argmax word-level scores, tutorial subword F1, decoded sequences)."""
     word_ids, word_labels = list(split["word_ids"]), list(split["word_labels"])
     decoded = word_level_sequences(predictions.word_scores, word_labels, names, decoding)
@@ -105,7 +111,9 @@ def overall_table(ev: EvaluationRef) -> list[dict[str, Any]]:
             "f1": round(s["f1"], 4),
             "accuracy": round(s["accuracy"], 4),
             "entities": s["support"],
-            "f1_argmax (pipeline decoding)": round(ev.word_level_argmax[split]["f1"], 4) if ev.word_level_argmax else None,
+            "f1_argmax (pipeline decoding)": round(ev.word_level_argmax[split]["f1"], 4)
+            if ev.word_level_argmax
+            else None,
             "subword_f1_tutorial (comparison only)": round(ev.subword_level_tutorial_f1[split], 4),
         }
         for split, s in ev.word_level.items()
@@ -118,18 +126,28 @@ def metrics_exist(ref: EvaluationRef) -> bool:
 
 def _evaluate_cache_key(context, inputs: dict[str, Any]) -> str:
     model: ModelRef = inputs["model"]
+    # The model by its files' identities (a model linked into another run folder keeps them), not its path.
     return "evaluate-" + fingerprint(
-        "nerflow-evaluate-v4",
-        str(Path(model.path).resolve()),
+        "nerflow-evaluate-v5",
         model_identity(model.path),
         inputs["tokenized"].cache_key,
-        inputs["decoding"],
+        inputs["cfg"].decoding,
     )
 
 
+def evaluate(
+    model: ModelRef, tokenized: TokenizedRef, cfg: EvaluationSettings, compute: ComputeSettings, ctx: RunContext
+) -> EvaluationRef:
+    """Score the model on every split, word level, decoded as cfg.decoding says; metrics.json in the run folder."""
+    return evaluate_model(model, tokenized, Path(ctx.run_dir), compute.eval_batch_size, cfg.decoding)
+
+
 @task(name="evaluate", cache_policy=CacheKeyFnPolicy(cache_key_fn=_evaluate_cache_key), **JSON_RESULTS)
-def evaluate_task(model: ModelRef, tokenized: TokenizedRef, run_dir: str, batch_size: int, decoding: str) -> EvaluationRef:
-    ev = evaluate_model(model, tokenized, Path(run_dir), batch_size, decoding)
+def evaluate_task(
+    model: ModelRef, tokenized: TokenizedRef, cfg: EvaluationSettings, compute: ComputeSettings, ctx: RunContext
+) -> EvaluationRef:
+    ev = evaluate(model, tokenized, cfg, compute, ctx)
+    decoding = cfg.decoding
     test = ev.test
     get_run_logger().info(
         "test (word level, %s decoding): P %.4f R %.4f F1 %.4f accuracy %.4f | argmax decoding F1 %.4f | "
@@ -147,3 +165,17 @@ def evaluate_task(model: ModelRef, tokenized: TokenizedRef, run_dir: str, batch_
         key="metrics-per-entity", table=per_entity_table(ev), description="Test split, word level, per entity type"
     )
     return ev
+
+
+def adopt_metrics(
+    evaluation: EvaluationRef, model: ModelRef, tokenized, cfg, compute, ctx: RunContext
+) -> EvaluationRef:
+    """Metrics a cache hit found in an earlier run's folder, copied into this run's."""
+    run_dir = Path(ctx.run_dir)
+    if Path(evaluation.path).resolve().parent == run_dir.resolve():
+        return evaluation
+    shutil.copy2(evaluation.path, run_dir / "metrics.json")
+    return evaluation.model_copy(update={"path": str(run_dir / "metrics.json")})
+
+
+EVALUATE = CachedStep(evaluate_task, metrics_exist, adopt=adopt_metrics)

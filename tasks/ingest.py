@@ -1,10 +1,10 @@
 """ingest: load the labelled sentences, validate every split, fingerprint and profile them.
 
 The plain function `ingest_dataset` does the work and is what tests call; `ingest_task` is the Prefect
-task. Whatever the source (Hub, local files, S3: tasks.sources), the result is the same normalised
+task. Whatever the source (Hub, local files, S3: nerflow.tasks.data.sources), the result is the same normalised
 dataset saved on disk (columns `tokens` and `ner_tags`, splits `train`/`validation`/`test`) and a small
 `DatasetRef` that points to it. Bad rows stop the run here, before any training, with the file, split,
-row and field (tasks.validation).
+row and field (nerflow.tasks.data.checks).
 """
 
 from __future__ import annotations
@@ -17,12 +17,18 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from tasks.refs import SPLIT_ROLES, DatasetRef
-from tasks.retry import NETWORK_STEP_TIMEOUT_S, TASK_RETRIES, network_retry_condition
-from tasks.settings import DatasetSettings
-from tasks.sources import read_source
-from tasks.storage import atomic_dir, is_sealed
-from tasks.validation import dataset_fingerprint, profile_splits, resolve_label_names, to_training_tags, validate_splits
+from nerflow.tasks.data.checks import (
+    dataset_fingerprint,
+    profile_splits,
+    resolve_label_names,
+    to_training_tags,
+    validate_splits,
+)
+from nerflow.tasks.data.sources import read_source
+from nerflow.tasks.refs import SPLIT_ROLES, DatasetRef, RunContext
+from nerflow.tasks.runtime.files import atomic_dir, is_sealed
+from nerflow.tasks.runtime.retry import NETWORK_STEP_TIMEOUT_S, TASK_RETRIES, network_retry_condition
+from nerflow.tasks.settings import DatasetSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +50,15 @@ def save_clean(clean: dict, label_names: list[str], path: Path) -> None:
     if is_sealed(path):
         return
     features = datasets.Features(
-        {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(datasets.ClassLabel(names=label_names))}
+        {
+            "tokens": datasets.List(datasets.Value("string")),
+            "ner_tags": datasets.List(datasets.ClassLabel(names=label_names)),
+        }
     )
-    splits = {role: datasets.Dataset.from_dict({"tokens": s.tokens, "ner_tags": s.tags}, features=features) for role, s in clean.items()}
+    splits = {
+        role: datasets.Dataset.from_dict({"tokens": s.tokens, "ner_tags": s.tags}, features=features)
+        for role, s in clean.items()
+    }
     with atomic_dir(path) as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp))
 
@@ -57,7 +69,12 @@ def ingest_dataset(cfg: DatasetSettings, cache_dir: Path) -> DatasetRef:
     apply_sample_limits(raw, cfg)
     labels = resolve_label_names(cfg, raw, folder)
     clean, label_names, scheme = to_training_tags(validate_splits(raw, cfg, labels), cfg, labels)
-    _logger().info("tagging scheme: %s (%s)%s", scheme.scheme.upper(), scheme.evidence, "" if scheme.scheme == "iob2" else "; converted to IOB2 for training")
+    _logger().info(
+        "tagging scheme: %s (%s)%s",
+        scheme.scheme.upper(),
+        scheme.evidence,
+        "" if scheme.scheme == "iob2" else "; converted to IOB2 for training",
+    )
     for role in SPLIT_ROLES:
         if clean[role].iob_violations:
             _logger().warning(
@@ -99,9 +116,14 @@ def dataset_name(cfg: DatasetSettings, local: bool) -> str:
 
 
 def _logger():
-    from tasks.logs import run_logger
+    from nerflow.tasks.runtime.logs import run_logger
 
     return run_logger(log)
+
+
+def ingest(cfg: DatasetSettings, ctx: RunContext) -> DatasetRef:
+    """The dataset, validated and normalised, saved under the run's cache folder."""
+    return ingest_dataset(cfg, Path(ctx.cache_dir))
 
 
 @task(
@@ -111,9 +133,9 @@ def _logger():
     timeout_seconds=NETWORK_STEP_TIMEOUT_S,
     **TASK_RETRIES,
 )
-def ingest_task(cfg: DatasetSettings, cache_dir: str) -> DatasetRef:
+def ingest_task(cfg: DatasetSettings, ctx: RunContext) -> DatasetRef:
     """Load and validate the dataset (retried on network errors only) and publish its profile."""
-    ref = ingest_dataset(cfg, Path(cache_dir))
+    ref = ingest(cfg, ctx)
     revision = f"revision {ref.source_revision}, " if ref.source_revision else ""
     get_run_logger().info(
         "dataset %s (%s): %s%s sentences, labels %s; content fingerprint %s",
@@ -127,6 +149,9 @@ def ingest_task(cfg: DatasetSettings, cache_dir: str) -> DatasetRef:
     create_table_artifact(
         key="dataset-profile",
         table=ref.profile,
-        description=f"Dataset profile of {ref.name} ({ref.tag_scheme.upper()} tags; {revision}content fingerprint {ref.fingerprint[:12]})",
+        description=(
+            f"Dataset profile of {ref.name} ({ref.tag_scheme.upper()} tags; {revision}content "
+            f"fingerprint {ref.fingerprint[:12]})"
+        ),
     )
     return ref

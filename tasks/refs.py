@@ -12,7 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.settings import AlignmentStrategy, ModelSettings, RunSettings, TrackingSettings, TrainSettings
+from nerflow.tasks.settings import (
+    AlignmentStrategy,
+    BaseModelSettings,
+    ComputeSettings,
+    RecordSettings,
+    RunSettings,
+    TrackingSettings,
+    TrainSettings,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 SPLIT_ROLES = ("train", "validation", "test")
@@ -33,7 +41,7 @@ class DatasetRef(BaseModel):
     label_names: list[str]
     """IOB2 tag names in id order: what the model is trained on."""
     tag_scheme: str = "iob2"
-    """The scheme the source's tags were written in (tasks.schemes); converted to IOB2."""
+    """The scheme the source's tags were written in (nerflow.tasks.data.schemes); converted to IOB2."""
     source_label_names: list[str] | None = None
     """The source's own tag names, when its scheme is not IOB2."""
     num_rows: dict[str, int]
@@ -56,7 +64,8 @@ class TokenizedRef(BaseModel):
     path: str
     cache_key: str
     dataset_fingerprint: str
-    checkpoint: str
+    base_model: str
+    """The pretrained model whose tokenizer made it (base_model.name)."""
     tokenizer_fingerprint: str
     alignment: AlignmentStrategy
     max_length: int
@@ -100,17 +109,34 @@ class ModelRef(BaseModel):
     """When and why early stopping ended training (None: every epoch ran)."""
 
 
+class RunContext(BaseModel):
+    """The run every step works for: its name, its folder, and the shared cache beside the runs."""
+
+    run_name: str
+    run_dir: str
+    cache_dir: str
+
+    @classmethod
+    def for_run(cls, settings: RunSettings, run_name: str, run_dir: str | Path | None = None) -> RunContext:
+        folder = Path(run_dir) if run_dir is not None else Path(settings.output_dir) / run_name
+        return cls(run_name=run_name, run_dir=str(folder), cache_dir=str(settings.resolved_cache_dir()))
+
+
 class TrainJob(BaseModel):
     """Everything one training needs: the train task, train_model and the torchrun entry point all take it."""
 
     tokenized: TokenizedRef
-    pretrained: ModelSettings
-    hparams: TrainSettings
+    base_model: BaseModelSettings
+    recipe: TrainSettings
+    compute: ComputeSettings
+    records: RecordSettings
     tracking: TrackingSettings
+    """Where the Trainer logs live (tracking.backends); not part of the cache key."""
     decoding: str
     """How validation scores read word tags (evaluation.decoding): it picks the best epoch."""
     weights: str = ""
-    """Fingerprint of the pretrained weights (tasks.checkpoints.weights_fingerprint): part of the cache key."""
+    """Fingerprint of the pretrained weights (nerflow.tasks.training.pretrained.weights_fingerprint): part of
+    the cache key, so a base model updated in place trains again."""
     mlflow_run_id: str | None = None
     """The MLflow run the Trainer's live logger joins (tracking.backends has mlflow); not part of the cache key."""
     run_dir: str
@@ -122,18 +148,18 @@ class TrainJob(BaseModel):
         return Path(self.run_dir) / CHECKPOINT_DIR
 
     @classmethod
-    def for_run(cls, settings: RunSettings, tokenized: TokenizedRef, run_dir: str | Path, run_name: str) -> TrainJob:
-        from tasks.checkpoints import weights_fingerprint
-
+    def for_run(cls, settings: RunSettings, tokenized: TokenizedRef, ctx: RunContext, weights: str = "") -> TrainJob:
         return cls(
             tokenized=tokenized,
-            pretrained=settings.model,
-            hparams=settings.train,
+            base_model=settings.base_model,
+            recipe=settings.train,
+            compute=settings.compute,
+            records=settings.records,
             tracking=settings.tracking,
             decoding=settings.evaluation.decoding,
-            weights=weights_fingerprint(settings.model, settings.resolved_cache_dir()),
-            run_dir=str(run_dir),
-            run_name=run_name,
+            weights=weights,
+            run_dir=ctx.run_dir,
+            run_name=ctx.run_name,
         )
 
 

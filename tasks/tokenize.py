@@ -1,4 +1,4 @@
-"""tokenize: words to subwords, with word labels aligned through `word_ids()` (tasks.alignment).
+"""tokenize: words to subwords, with word labels aligned through `word_ids()` (nerflow.tasks.data.alignment).
 
 The tokenized dataset is cached on disk under a key made of the dataset fingerprint, the tokenizer's
 fingerprint (a hash of its files or its content), the alignment strategy and the max length; training
@@ -19,13 +19,13 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from tasks.alignment import align_labels, b_to_i_map
-from tasks.caching import JSON_RESULTS
-from tasks.checkpoints import load_tokenizer, tokenizer_fingerprint
-from tasks.refs import SPLIT_ROLES, DatasetRef, TokenizedRef
-from tasks.settings import AlignmentStrategy, ModelSettings, TokenizeSettings
-from tasks.retry import TASK_RETRIES, network_retry_condition
-from tasks.storage import atomic_dir, atomic_write_json, is_sealed
+from nerflow.tasks.data.alignment import align_labels, b_to_i_map
+from nerflow.tasks.refs import SPLIT_ROLES, DatasetRef, RunContext, TokenizedRef
+from nerflow.tasks.runtime.caching import JSON_RESULTS, CachedStep
+from nerflow.tasks.runtime.files import atomic_dir, atomic_write_json, is_sealed
+from nerflow.tasks.runtime.retry import TASK_RETRIES, network_retry_condition
+from nerflow.tasks.settings import AlignmentStrategy, BaseModelSettings, TokenizeSettings
+from nerflow.tasks.training.pretrained import load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def encode_batch(
     """Tokenize pre-split sentences and align labels; also count what tokenization loses."""
     # No token_type_ids: one sentence per input, so they would all be 0, which is what BERT-family
     # models assume when they are absent; a third of the Rust-to-Python conversion and storage saved.
-    enc = tokenizer(tokens, is_split_into_words=True, truncation=True, max_length=max_length, return_token_type_ids=False)
+    enc = tokenizer(
+        tokens, is_split_into_words=True, truncation=True, max_length=max_length, return_token_type_ids=False
+    )
     unk = tokenizer.unk_token_id
     out: dict[str, list] = dict(enc.items())
     out.update(labels=[], word_ids=[], word_labels=[], truncated=[], no_subword=[], unk_words=[])
@@ -121,7 +123,7 @@ def tokenization_warnings(stats: dict[str, dict[str, int]], roundtrip: dict[str,
 
 
 def tokenize_dataset(
-    dataset: DatasetRef, pretrained: ModelSettings, settings: TokenizeSettings, cache_dir: Path
+    dataset: DatasetRef, pretrained: BaseModelSettings, settings: TokenizeSettings, cache_dir: Path
 ) -> TokenizedRef:
     """Tokenize and align every split, or reuse the cached result for the same key."""
     tok_fp = tokenizer_fingerprint(pretrained)  # a local folder's files: no tokenizer load to find the cache
@@ -165,7 +167,7 @@ def _build(dataset, pretrained, settings, tokenizer, tok_fp, key, path: Path) ->
         path=str(path),
         cache_key=key,
         dataset_fingerprint=dataset.fingerprint,
-        checkpoint=pretrained.checkpoint,
+        base_model=pretrained.name,
         tokenizer_fingerprint=tok_fp,
         alignment=settings.alignment,
         max_length=settings.max_length,
@@ -173,13 +175,20 @@ def _build(dataset, pretrained, settings, tokenizer, tok_fp, key, path: Path) ->
         tag_scheme=dataset.tag_scheme,
         stats=stats,
         roundtrip=roundtrip,
-        warnings=tokenization_warnings(stats, roundtrip, pretrained.checkpoint),
+        warnings=tokenization_warnings(stats, roundtrip, pretrained.name),
     )
     import datasets
 
     with atomic_dir(path) as tmp:
         datasets.DatasetDict(encoded).save_to_disk(str(tmp / "data"))
         atomic_write_json(tmp / "ref.json", ref.model_dump(mode="json"))
+
+
+def tokenize(
+    dataset: DatasetRef, base_model: BaseModelSettings, cfg: TokenizeSettings, ctx: RunContext
+) -> TokenizedRef:
+    """The dataset as the base model's subwords with aligned labels, cached under the run's cache folder."""
+    return tokenize_dataset(dataset, base_model, cfg, Path(ctx.cache_dir))
 
 
 def tokenized_exists(ref: TokenizedRef) -> bool:
@@ -189,8 +198,9 @@ def tokenized_exists(ref: TokenizedRef) -> bool:
 def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     # The same key the plain function uses, plus the cache folder: another output root is another cache.
     dataset: DatasetRef = inputs["dataset"]
-    key = tokenization_key(dataset.fingerprint, tokenizer_fingerprint(inputs["pretrained"]), inputs["settings"])
-    return f"tokenize-{key}-{hashlib.sha256(str(Path(inputs['cache_dir']).resolve()).encode()).hexdigest()[:8]}"
+    key = tokenization_key(dataset.fingerprint, tokenizer_fingerprint(inputs["base_model"]), inputs["cfg"])
+    folder = str(Path(inputs["ctx"].cache_dir).resolve())
+    return f"tokenize-{key}-{hashlib.sha256(folder.encode()).hexdigest()[:8]}"
 
 
 @task(
@@ -200,12 +210,14 @@ def _cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     retry_condition_fn=network_retry_condition,  # the tokenizer may come from the Hub
     **TASK_RETRIES,
 )
-def tokenize_task(dataset: DatasetRef, pretrained: ModelSettings, settings: TokenizeSettings, cache_dir: str) -> TokenizedRef:
-    ref = tokenize_dataset(dataset, pretrained, settings, Path(cache_dir))
+def tokenize_task(
+    dataset: DatasetRef, base_model: BaseModelSettings, cfg: TokenizeSettings, ctx: RunContext
+) -> TokenizedRef:
+    ref = tokenize(dataset, base_model, cfg, ctx)
     logger = get_run_logger()
     logger.info(
         "tokenized with %s (alignment=%s, max_length=%d): %s",
-        ref.checkpoint,
+        ref.base_model,
         ref.alignment,
         ref.max_length,
         {role: s["subwords"] for role, s in ref.stats.items()},
@@ -213,3 +225,6 @@ def tokenize_task(dataset: DatasetRef, pretrained: ModelSettings, settings: Toke
     for warning in ref.warnings:
         logger.warning(warning)
     return ref
+
+
+TOKENIZE = CachedStep(tokenize_task, tokenized_exists)

@@ -20,11 +20,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from tasks.refs import CardRef, DatasetRef, EvaluationRef, ModelRef, TrackingRef
-from tasks.retry import TASK_RETRIES, network_retry_condition
-from tasks.secrets import scoped_environ
-from tasks.settings import RunSettings, TrackingSettings
-from tasks.trackers import TENSORBOARD_DIR, epoch_metrics, final_test_metrics, flat_params, mlflow_environment, require
+from nerflow.tasks.refs import CardRef, DatasetRef, EvaluationRef, ModelRef, TrackingRef
+from nerflow.tasks.reporting.trackers import (
+    TENSORBOARD_DIR,
+    epoch_metrics,
+    final_test_metrics,
+    flat_params,
+    mlflow_environment,
+    require,
+)
+from nerflow.tasks.runtime.retry import TASK_RETRIES, network_retry_condition
+from nerflow.tasks.runtime.secrets import scoped_environ
+from nerflow.tasks.settings import RunSettings, TrackingSettings
 
 
 def start_tracking(tracking: TrackingSettings, run_name: str) -> TrackingRef:
@@ -47,14 +54,24 @@ def _batches(items: list, size: int = 100):
     return (items[i : i + size] for i in range(0, len(items), size))
 
 
-def log_to_mlflow(ref: TrackingRef, settings: RunSettings, run_name: str, model: ModelRef, evaluation: EvaluationRef, dataset: DatasetRef):
+def log_to_mlflow(
+    ref: TrackingRef,
+    settings: RunSettings,
+    run_name: str,
+    model: ModelRef,
+    evaluation: EvaluationRef,
+    dataset: DatasetRef,
+):
     """Params, metrics and the card's files into the run's MLflow run; returns the client."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
     client = MlflowClient()
     resolved = settings.model_copy(update={"run_name": run_name})
-    params = flat_params(resolved) | {"dataset.resolved_revision": dataset.revision, "dataset.fingerprint": dataset.fingerprint}
+    params = flat_params(resolved) | {
+        "dataset.resolved_revision": dataset.revision,
+        "dataset.fingerprint": dataset.fingerprint,
+    }
     for batch in _batches([Param(k, v[:6000]) for k, v in params.items()]):
         client.log_batch(ref.mlflow_run_id, params=batch)
     now = int(time.time() * 1000)
@@ -71,7 +88,9 @@ def log_to_mlflow(ref: TrackingRef, settings: RunSettings, run_name: str, model:
     return client
 
 
-def register_model(client, ref: TrackingRef, name: str, model: ModelRef, run_name: str, dataset: DatasetRef, published_to: str) -> str:
+def register_model(
+    client, ref: TrackingRef, name: str, model: ModelRef, run_name: str, dataset: DatasetRef, published_to: str
+) -> str:
     """The model folder as the run's artifact `model`, and a new version of the registered model."""
     from mlflow.exceptions import MlflowException
 
@@ -101,7 +120,14 @@ def log_to_tensorboard(run_dir: Path, model: ModelRef, evaluation: EvaluationRef
 
 
 def finish_tracking(
-    ref: TrackingRef, settings: RunSettings, run_name: str, run_dir: Path, model: ModelRef, evaluation: EvaluationRef, dataset: DatasetRef, published_to: str | None
+    ref: TrackingRef,
+    settings: RunSettings,
+    run_name: str,
+    run_dir: Path,
+    model: ModelRef,
+    evaluation: EvaluationRef,
+    dataset: DatasetRef,
+    published_to: str | None,
 ) -> TrackingRef:
     """Log the evaluated, documented run; register it in MLflow if it was published (published_to)."""
     backends = settings.tracking.backends
@@ -112,7 +138,11 @@ def finish_tracking(
             client = log_to_mlflow(ref, settings, run_name, model, evaluation, dataset)
             if published_to:
                 name = settings.tracking.mlflow_registered_model or settings.resolved_model_name()
-                ref = ref.model_copy(update={"registered_version": register_model(client, ref, name, model, run_name, dataset, published_to)})
+                ref = ref.model_copy(
+                    update={
+                        "registered_version": register_model(client, ref, name, model, run_name, dataset, published_to)
+                    }
+                )
             client.set_terminated(ref.mlflow_run_id, "FINISHED")
     return ref
 
@@ -124,7 +154,15 @@ def start_tracking_task(tracking: TrackingSettings, run_name: str) -> TrackingRe
 
 @task(name="track", cache_policy=NO_CACHE, retry_condition_fn=network_retry_condition, **TASK_RETRIES)
 def track_task(
-    ref: TrackingRef, settings: RunSettings, run_name: str, run_dir: str, model: ModelRef, evaluation: EvaluationRef, card: CardRef, dataset: DatasetRef, published_to: str | None
+    ref: TrackingRef,
+    settings: RunSettings,
+    run_name: str,
+    run_dir: str,
+    model: ModelRef,
+    evaluation: EvaluationRef,
+    card: CardRef,
+    dataset: DatasetRef,
+    published_to: str | None,
 ) -> TrackingRef:
     ref = finish_tracking(ref, settings, run_name, Path(run_dir), model, evaluation, dataset, published_to)
     if ref.registered_version:

@@ -1,8 +1,8 @@
 """train: fine-tune with the transformers Trainer, one checkpoint per epoch, resumable.
 
-Batches come from nerflow's sampler (tasks.batching). After each epoch the model is scored on the
+Batches come from nerflow's sampler (nerflow.tasks.training.batching). After each epoch the model is scored on the
 validation split at word level, with the code and decoding the evaluate step uses, and the best epoch
-is kept. On CUDA the model is compiled with CUDA graphs (train.compile); a compile failure falls back
+is kept. On CUDA the model is compiled with CUDA graphs (compute.compile); a compile failure falls back
 to eager execution. A retry of the task finds the run's last checkpoint and resumes from it.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -17,22 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.artifacts import create_progress_artifact, create_table_artifact
+from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
-from tasks.batching import pad_multiple, resolve_batching
-from tasks.caching import JSON_RESULTS, fingerprint
-from tasks.distributed import RESULT_FILE, launch_distributed, world_size
-from tasks.inference import choose_device
-from tasks.logs import run_logger
-from tasks.refs import ModelRef, TrainJob
-from tasks.retry import unless_deterministic
-from tasks.secrets import scoped_environ
-from tasks.settings import ModelSettings
-from tasks.storage import atomic_dir, atomic_write_json, is_sealed
-from tasks.trackers import tracking_environment
-from tasks.checkpoints import head_labels, head_rows, load_network, load_tokenizer
+from nerflow.tasks.refs import ModelRef, TrainJob
+from nerflow.tasks.reporting.trackers import tracking_environment
+from nerflow.tasks.runtime.caching import JSON_RESULTS, CachedStep, fingerprint, link_or_copy
+from nerflow.tasks.runtime.files import atomic_dir, atomic_write_json, is_sealed
+from nerflow.tasks.runtime.logs import run_logger
+from nerflow.tasks.runtime.retry import unless_deterministic
+from nerflow.tasks.runtime.secrets import scoped_environ
+from nerflow.tasks.scoring.inference import choose_device
+from nerflow.tasks.settings import BaseModelSettings
+from nerflow.tasks.training.batching import pad_multiple, resolve_batching
+from nerflow.tasks.training.distributed import RESULT_FILE, launch_distributed, world_size
+from nerflow.tasks.training.pretrained import head_labels, head_rows, load_network, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from tasks.trainer import last_complete_checkpoint
+    from nerflow.tasks.training.trainer import last_complete_checkpoint
 
     found = last_complete_checkpoint(checkpoint_dir)
     return str(found) if found else None
@@ -86,18 +87,29 @@ def training_device(precision: str) -> tuple[str, bool, bool]:
     return device, bf16, fp16
 
 
-def pretrained_network(pretrained: ModelSettings, labels: list[str]):
+def pretrained_network(pretrained: BaseModelSettings, labels: list[str]):
     """The checkpoint with a head for these labels: a checkpoint without a token-classification head gets
-    a new one; one with a head keeps the rows of the labels they share (tasks.checkpoints.head_rows)."""
+    a new one; one with a head keeps the rows of the labels they share (nerflow.tasks.training.pretrained.head_rows)."""
     options = {"revision": pretrained.revision, "trust_remote_code": pretrained.trust_remote_code}
     old = head_labels(pretrained)
     rows = head_rows(labels, old, pretrained)
     if old is None:
-        return load_network(pretrained.checkpoint, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}, **options)
-    network = load_network(pretrained.checkpoint, **options)
+        return load_network(
+            pretrained.name,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            **options,
+        )
+    network = load_network(pretrained.name, **options)
     replace_head(network, labels, rows)
     kept = [labels[i] for i in sorted(rows)]
-    _logger().info("head of %s: rows kept for %s; new rows for %s", pretrained.checkpoint, kept or "no label", [n for n in labels if n not in kept] or "no label")
+    _logger().info(
+        "head of %s: rows kept for %s; new rows for %s",
+        pretrained.name,
+        kept or "no label",
+        [n for n in labels if n not in kept] or "no label",
+    )
     return network
 
 
@@ -119,23 +131,41 @@ def replace_head(network, labels: list[str], rows: dict[int, int]) -> None:
     network.config.id2label, network.config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
 
 
-def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool, report_to: list[str], progress=None):
+def build_trainer(
+    job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool, report_to: list[str], progress=None
+):
     """The Trainer for this job: pretrained weights with a fresh head for the dataset's labels."""
     from transformers import PrinterCallback
 
-    from tasks.batching import PadCollator
-    from tasks.trainer import ConsoleProgress, NerTrainer, ProgressCallback, build_callbacks, training_arguments
+    from nerflow.tasks.training.batching import PadCollator
+    from nerflow.tasks.training.trainer import (
+        ConsoleProgress,
+        NerTrainer,
+        ProgressCallback,
+        build_callbacks,
+        training_arguments,
+    )
 
     labels = job.tokenized.label_names
     data = job.tokenized.load()
-    tokenizer = load_tokenizer(job.pretrained)
-    network = pretrained_network(job.pretrained, labels)
+    tokenizer = load_tokenizer(job.base_model)
+    network = pretrained_network(job.base_model, labels)
     network.config.nerflow_decoding = job.decoding  # nerflow predict reads it from config.json
     network.config.nerflow_tag_scheme = job.tokenized.tag_scheme  # and writes tags back in the source's scheme
-    batching = resolve_batching(job.hparams.batching, device)
+    batching = resolve_batching(job.recipe.batching, device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by torchrun
     args = training_arguments(
-        job.hparams, job.checkpoint_dir, job.run_name, device, bf16, fp16, compile_model, distributed, report_to
+        job.recipe,
+        job.compute,
+        job.records,
+        job.checkpoint_dir,
+        job.run_name,
+        device,
+        bf16,
+        fp16,
+        compile_model,
+        distributed,
+        report_to,
     )
     trainer = NerTrainer(
         model=network,
@@ -144,7 +174,7 @@ def build_trainer(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_mo
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         data_collator=PadCollator(tokenizer.pad_token_id, pad_multiple(batching, device), job.tokenized.max_length),
-        callbacks=build_callbacks(_logger, job.hparams) + ([ProgressCallback(progress)] if progress else []),
+        callbacks=build_callbacks(_logger, job.recipe) + ([ProgressCallback(progress)] if progress else []),
         batching=batching,
         decoding=job.decoding,
         label_names=labels,
@@ -161,7 +191,7 @@ def fit(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool,
     """Train (resuming from the last checkpoint); if torch.compile fails, warn once and go on eagerly.
 
     Returns (trainer, train output, checkpoint resumed from, whether the model ran compiled)."""
-    from tasks.trainer import is_compile_error
+    from nerflow.tasks.training.trainer import is_compile_error
 
     if compile_model:
         import torch._dynamo
@@ -177,21 +207,28 @@ def fit(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool,
         except Exception as exc:
             if not (compile_model and is_compile_error(exc)):
                 raise
-            _logger().warning("torch.compile failed (%s: %s); training without compilation", type(exc).__name__, str(exc)[:200])
+            _logger().warning(
+                "torch.compile failed (%s: %s); training without compilation", type(exc).__name__, str(exc)[:200]
+            )
             compile_model = False
 
 
 def report_end(trainer, runtime: float, compile_s: float | None, progress) -> None:
     """How training ended, in the log and the progress artifact: compile time apart, early stopping."""
-    from tasks.trainer import early_stop_reason
+    from nerflow.tasks.training.trainer import early_stop_reason
 
-    notes = [f"{runtime - (compile_s or 0):.1f} s training"] + ([f"{compile_s:.1f} s compiling (torch.compile)"] if compile_s is not None else [])
+    notes = [f"{runtime - (compile_s or 0):.1f} s training"] + (
+        [f"{compile_s:.1f} s compiling (torch.compile)"] if compile_s is not None else []
+    )
     if compile_s is not None:
         _logger().info("training took %.1f s, of which %.1f s compiling (torch.compile)", runtime, compile_s)
     if stopped := early_stop_reason(trainer):
         notes.append(stopped)
     if progress is not None:
-        progress.report(round(100 * trainer.state.global_step / max(trainer.state.max_steps, 1), 1), "Training done: " + "; ".join(notes))
+        progress.report(
+            round(100 * trainer.state.global_step / max(trainer.state.max_steps, 1), 1),
+            "Training done: " + "; ".join(notes),
+        )
 
 
 def save_best_model(trainer, run_dir: Path) -> Path:
@@ -211,12 +248,12 @@ def train_model(job: TrainJob) -> ModelRef | None:
     Under torchrun every process calls this; only rank 0 returns a ModelRef (the others None)."""
     from transformers import set_seed
 
-    from tasks.logs import quiet_third_party
+    from nerflow.tasks.runtime.logs import quiet_third_party
 
     quiet_third_party()
-    device, bf16, fp16 = training_device(job.hparams.precision)
-    compile_model = job.hparams.compile == "on" or (job.hparams.compile == "auto" and device == "cuda")
-    set_seed(job.hparams.seed)
+    device, bf16, fp16 = training_device(job.compute.precision)
+    compile_model = job.compute.compile == "on" or (job.compute.compile == "auto" and device == "cuda")
+    set_seed(job.recipe.seed)
     trainer, result, resume, compiled, runtime, compile_s = fit_reported(job, device, bf16, fp16, compile_model)
     if not trainer.is_world_process_zero():
         return None  # under DDP, rank 0 alone writes the model folder and the log
@@ -246,7 +283,7 @@ def train_model(job: TrainJob) -> ModelRef | None:
 def fit_reported(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_model: bool):
     """fit() with the run's trackers and live progress around it; also the wall time and the compile
     time it took: (trainer, result, resumed checkpoint, compiled, runtime_s, compile_s)."""
-    from tasks.trainer import BackgroundProgress, compile_seconds
+    from nerflow.tasks.training.trainer import BackgroundProgress, compile_seconds
 
     # Keys and addresses for the Trainer's live loggers, set for the training call only.
     tracking_env = tracking_environment(job.tracking, Path(job.run_dir), job.run_name, job.mlflow_run_id)
@@ -273,7 +310,7 @@ def fit_reported(job: TrainJob, device: str, bf16: bool, fp16: bool, compile_mod
 
 def epochs_with_stop_note(trainer) -> tuple[list[dict], str | None]:
     """The per-epoch table; when early stopping ended training, its reason on the last epoch."""
-    from tasks.trainer import early_stop_reason
+    from nerflow.tasks.training.trainer import early_stop_reason
 
     stopped = early_stop_reason(trainer)
     epochs = epoch_table(trainer.state.log_history)
@@ -290,17 +327,21 @@ def model_exists(ref: ModelRef | None) -> bool:
 
 
 def _train_cache_key(context, inputs: dict[str, Any]) -> str:
-    # Same data, tokenizer, checkpoint, training settings and decoding under the same output root: same
-    # model. The run name is not part of it, so a re-run reuses the earlier run's model.
+    # What changes the weights, under the same output root: the data as tokenized, the base model and its
+    # weights, the recipe, the decoding that picks the best epoch, precision and the number of processes
+    # (batch_size is per process). Not the run name (a re-run reuses the earlier run's model), tracking,
+    # records (logging, checkpoints kept) or compute that only changes speed and memory.
     job: TrainJob = inputs["job"]
     return "train-" + fingerprint(
-        "nerflow-train-v3",
+        "nerflow-train-v4",
         job.tokenized.cache_key,
-        job.pretrained,
+        job.base_model.model_dump(mode="json", exclude={"hub_id"}),
         job.weights,
-        job.hparams.model_dump(mode="json", exclude={"reuse_cached_model"}),
-        job.tracking,
+        job.recipe,
         job.decoding,
+        job.compute.precision,
+        job.compute.nproc_per_node,
+        job.compute.nnodes,
         str(Path(job.run_dir).resolve().parent),
     )
 
@@ -317,9 +358,11 @@ def train_task(job: TrainJob) -> ModelRef | None:
     """Train on the GPU when there is one (several processes: torchrun); a retry resumes from the last
     epoch checkpoint."""
     logger = get_run_logger()
-    progress = create_progress_artifact(progress=0.0, key="training-progress", description="Share of training steps done")
+    progress = create_progress_artifact(
+        progress=0.0, key="training-progress", description="Share of training steps done"
+    )
     job = job.model_copy(update={"progress_artifact_id": str(progress)})
-    ref = launch_distributed(job, logger.info) if world_size(job.hparams) > 1 else train_model(job)
+    ref = launch_distributed(job, logger.info) if world_size(job.compute) > 1 else train_model(job)
     if ref is None:
         logger.info("training done on this node; the node holding rank 0 evaluates and publishes")
         return None
@@ -333,19 +376,46 @@ def train_task(job: TrainJob) -> ModelRef | None:
         ref.best_validation_f1 or 0.0,
         f" (resumed from {ref.resumed_from})" if ref.resumed_from else "",
     )
-    create_table_artifact(key="training-epochs", table=ref.epochs, description="Per epoch: losses and validation scores (word level)")
+    create_table_artifact(
+        key="training-epochs", table=ref.epochs, description="Per epoch: losses and validation scores (word level)"
+    )
     return ref
 
 
+def adopt_model(model: ModelRef, job: TrainJob) -> ModelRef:
+    """A cached model trained in an earlier run, linked (or copied) into this run's folder with its log."""
+    run_dir, source_run = Path(job.run_dir), Path(model.run_dir)
+    if source_run.resolve() == run_dir.resolve():
+        return model
+    with atomic_dir(run_dir / MODEL_DIR, replace=True) as tmp:
+        shutil.copytree(model.path, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
+    if (source_run / "train_log.json").is_file():
+        shutil.copy2(source_run / "train_log.json", run_dir / "train_log.json")
+    return model.model_copy(
+        update={
+            "path": str(run_dir / MODEL_DIR),
+            "run_dir": str(run_dir),
+            "checkpoint_dir": str(job.checkpoint_dir),
+            "reused_from": model.reused_from or str(source_run),
+        }
+    )
+
+
+TRAIN = CachedStep(train_task, model_exists, adopt=adopt_model, refresh=lambda job: not job.records.reuse_cached_model)
+
+
 def torchrun_main(argv: list[str]) -> int:
-    """Entry point of each torchrun process (`python -m tasks.train JOB_FILE`, see tasks.distributed)."""
-    from tasks.lifeline import tie_to_lifeline
-    from tasks.storage import hold_training_lock
+    """Entry point of each torchrun process: `python -m nerflow.tasks.train JOB_FILE`
+    (nerflow.tasks.training.distributed)."""
+    from nerflow.tasks.runtime.files import hold_training_lock
+    from nerflow.tasks.runtime.lifeline import tie_to_lifeline
 
     tie_to_lifeline()  # gone with torchrun, which is gone with the flow process
     rank = int(os.environ.get("RANK", "0"))
     # force: importing Prefect already configured handlers that would swallow these lines.
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s", force=True
+    )
     job = TrainJob.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
     hold_training_lock(Path(job.run_dir))
     ref = train_model(job)

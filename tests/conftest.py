@@ -81,33 +81,80 @@ def build_tiny_roberta(folder: Path) -> Path:
     import torch
     from tokenizers import ByteLevelBPETokenizer, processors
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([" ".join(s) for s in sample_sentences()], vocab_size=700, min_frequency=2, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
-    bpe._tokenizer.post_processor = processors.RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
-    tok = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", add_prefix_space=False)
+    bpe.train_from_iterator(
+        [" ".join(s) for s in sample_sentences()],
+        vocab_size=700,
+        min_frequency=2,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False,
+    )
+    bpe._tokenizer.post_processor = processors.RobertaProcessing(
+        ("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>"))
+    )
+    tok = RobertaTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        add_prefix_space=False,
+    )
     torch.manual_seed(0)
-    RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id)).save_pretrained(folder)
+    RobertaModel(
+        RobertaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=130,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
 
 def build_tiny_sentencepiece(folder: Path, kind: str) -> Path:
     """An XLM-R-style (kind "xlm-roberta") or DeBERTa-v2-style checkpoint: a SentencePiece Unigram
     vocabulary trained on the sample, a randomly initialised 2-layer model."""
     import torch
-    from tokenizers import SentencePieceUnigramTokenizer, processors
     import transformers as T
+    from tokenizers import SentencePieceUnigramTokenizer, processors
+
     sp = SentencePieceUnigramTokenizer()
-    sp.train_from_iterator([" ".join(s) for s in sample_sentences()], vocab_size=700, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>", show_progress=False)
+    sp.train_from_iterator(
+        [" ".join(s) for s in sample_sentences()],
+        vocab_size=700,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        unk_token="<unk>",
+        show_progress=False,
+    )
     cls_id, sep_id = sp.token_to_id("<s>"), sp.token_to_id("</s>")
-    sp._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", cls_id), ("</s>", sep_id)])
-    if kind == "xlm-roberta":
-        tok = T.XLMRobertaTokenizerFast(tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
-        config = T.XLMRobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id)
-        model = T.XLMRobertaModel
-    else:
-        tok = T.DebertaV2TokenizerFast(tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
-        config = T.DebertaV2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
-        model = T.DebertaV2Model
+    sp._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", cls_id), ("</s>", sep_id)]
+    )
+    # XLM-R's positions start after the padding id, so it needs two more of them for the same length.
+    tokenizer, config_class, model, positions = {
+        "xlm-roberta": (T.XLMRobertaTokenizerFast, T.XLMRobertaConfig, T.XLMRobertaModel, 130),
+        "deberta-v2": (T.DebertaV2TokenizerFast, T.DebertaV2Config, T.DebertaV2Model, 128),
+    }[kind]
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>"}
+    tok = tokenizer(tokenizer_object=sp._tokenizer, pad_token="<pad>", mask_token="<mask>", **specials)
+    config = config_class(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=positions,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model(config).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -125,7 +172,10 @@ def synthetic_rows(n: int, seed: int) -> list[dict]:
 
     rng = random.Random(seed)
     return [
-        {"tokens": [rng.choice(PEOPLE), rng.choice(VERBS), "in", rng.choice(PLACES), "."], "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"]}
+        {
+            "tokens": [rng.choice(PEOPLE), rng.choice(VERBS), "in", rng.choice(PLACES), "."],
+            "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"],
+        }
         for _ in range(n)
     ]
 
@@ -138,20 +188,28 @@ def write_synthetic_dataset(folder: Path, n_train: int = 160) -> Path:
 
 
 def prepare(settings):
-    """ingest + tokenize, as the flow does: (DatasetRef, TokenizedRef)."""
-    from tasks.ingest import ingest_dataset
-    from tasks.tokenize import tokenize_dataset
+    """ingest + tokenize, the pipeline's plain functions: (DatasetRef, TokenizedRef)."""
+    from nerflow.flows.pipeline import PLAIN, run_steps
+    from nerflow.tasks.refs import RunContext
 
-    dataset = ingest_dataset(settings.dataset, settings.resolved_cache_dir())
-    return dataset, tokenize_dataset(dataset, settings.model, settings.tokenize, settings.resolved_cache_dir())
+    out = run_steps(settings, RunContext.for_run(settings, "prepare"), PLAIN, until="tokenize")
+    return out.dataset, out.tokenized
+
+
+def train_job(settings, tokenized, run_dir: Path, run_name: str | None = None):
+    """The train step's job, as the pipeline builds it, for a run folder of the test's choosing."""
+    from nerflow.flows.pipeline import Outputs, train_job
+    from nerflow.tasks.refs import RunContext, TrackingRef
+
+    ctx = RunContext.for_run(settings, run_name or Path(run_dir).name, run_dir)
+    return train_job(settings, Outputs(tracking=TrackingRef(), tokenized=tokenized), ctx)
 
 
 def train(settings, tokenized, run_dir: Path, run_name: str | None = None):
     """The train step's plain function on a job built from settings: the ModelRef."""
-    from tasks.refs import TrainJob
-    from tasks.train import train_model
+    from nerflow.tasks.train import train_model
 
-    return train_model(TrainJob.for_run(settings, tokenized, run_dir, run_name or Path(run_dir).name))
+    return train_model(train_job(settings, tokenized, run_dir, run_name))
 
 
 @pytest.fixture(scope="session")
@@ -167,13 +225,15 @@ def sample_dir() -> Path:
 def tiny_run_settings(tiny_bert: Path, runs_root: Path, /, **sections):
     """Run settings for a seconds-long run: tiny BERT, 64 train / 32 eval sentences of the sample;
     `sections` override (a dict updates a section, anything else replaces the field)."""
-    from flows.settings import RunSettings
+    from nerflow.tasks.settings import RunSettings
 
     data = {
         "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 64, "max_eval_samples": 32, "language": "en"},
-        "model": {"checkpoint": str(tiny_bert)},
+        "base_model": {"name": str(tiny_bert)},
         "tokenize": {"max_length": 64},
-        "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 5e-3, "logging_steps": 4},
+        "train": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-3},
+        "compute": {"eval_batch_size": 16},
+        "records": {"logging_steps": 4},
         "output_dir": str(runs_root),
     }
     for key, value in sections.items():

@@ -51,7 +51,12 @@ class PullRequest:
                 "createdAt": self.date, "repo": {"name": repo_id, "type": "model"}}  # fmt: skip
 
     def details(self, repo_id: str, num: int) -> dict:
-        return self.summary(repo_id, num) | {"events": [], "changes": {"base": "refs/heads/main"}, "filesWithConflicts": [], "diff": ""}
+        return self.summary(repo_id, num) | {
+            "events": [],
+            "changes": {"base": "refs/heads/main"},
+            "filesWithConflicts": [],
+            "diff": "",
+        }
 
 
 @dataclass
@@ -111,7 +116,9 @@ class HubStandIn:
     def add_model_repo(self, repo_id: str, files: dict[str, bytes]) -> Repo:
         """A repo with one commit holding files (a model checkpoint to download)."""
         repo = self.repos[repo_id] = Repo(private=False)
-        repo.commits.append(Commit(oid=uuid.uuid4().hex + uuid.uuid4().hex[:8], title="init", message="", files=files, date=_now()))
+        repo.commits.append(
+            Commit(oid=uuid.uuid4().hex + uuid.uuid4().hex[:8], title="init", message="", files=files, date=_now())
+        )
         return repo
 
     def commits(self, repo_id: str) -> list[Commit]:
@@ -148,7 +155,11 @@ class HubStandIn:
 
             def _no_repo(self):
                 # The real Hub says which 404 this is; huggingface_hub raises RepositoryNotFoundError on it.
-                self._send(404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+                self._send(
+                    404,
+                    {"error": "Repository not found"},
+                    headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
+                )
 
             def _injected_failure(self) -> bool:
                 with hub._lock:
@@ -198,7 +209,9 @@ class HubStandIn:
                         return self._no_repo()
                     if repo.gated:
                         message = f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it."
-                        return self._send(403, {"error": message}, headers={"X-Error-Code": "GatedRepo", "X-Error-Message": message})
+                        return self._send(
+                            403, {"error": message}, headers={"X-Error-Code": "GatedRepo", "X-Error-Message": message}
+                        )
                     return self._repo_api(repo_id, repo, action, rest, body)
                 if len(parts) >= 4 and parts[2] == "resolve":
                     repo = hub.repos.get(f"{parts[0]}/{parts[1]}")
@@ -218,9 +231,15 @@ class HubStandIn:
             do_GET = do_POST = do_HEAD = do_DELETE = _route
 
             def _create(self, payload):
-                repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}" if "/" not in payload["name"] else payload["name"]
+                repo_id = (
+                    f"{payload.get('organization') or 'user'}/{payload['name']}"
+                    if "/" not in payload["name"]
+                    else payload["name"]
+                )
                 if repo_id in hub.repos:
-                    return self._send(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
+                    return self._send(
+                        409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}
+                    )
                 # Newer clients send "visibility", older ones "private".
                 private = payload.get("visibility", "private" if payload.get("private") else "public") == "private"
                 hub.repos[repo_id] = Repo(private=private)
@@ -261,19 +280,33 @@ class HubStandIn:
                     return self._send(
                         200,
                         [
-                            {"id": c.oid, "title": c.title, "message": c.message, "authors": [{"user": "nerflow"}], "date": c.date}
+                            {
+                                "id": c.oid,
+                                "title": c.title,
+                                "message": c.message,
+                                "authors": [{"user": "nerflow"}],
+                                "date": c.date,
+                            }
                             for c in reversed(repo.commits)
                         ],
                     )
                 if action == "revision":
                     return self._send(
                         200,
-                        {"id": repo_id, "sha": repo.sha, "private": repo.private, "siblings": [{"rfilename": p} for p in repo.files]},
+                        {
+                            "id": repo_id,
+                            "sha": repo.sha,
+                            "private": repo.private,
+                            "siblings": [{"rfilename": p} for p in repo.files],
+                        },
                     )
                 if action == "tree":
                     return self._send(
                         200,
-                        [{"type": "file", "path": p, "size": len(d), "oid": git_blob_sha1(d)} for p, d in sorted(repo.files.items())],
+                        [
+                            {"type": "file", "path": p, "size": len(d), "oid": git_blob_sha1(d)}
+                            for p, d in sorted(repo.files.items())
+                        ],
                     )
                 if action == "refs":
                     return self._send(200, {
@@ -297,14 +330,23 @@ class HubStandIn:
                     payload = json.loads(body)
                     repo.pull_requests.append(PullRequest(title=payload["title"], date=_now()))
                     n = len(repo.pull_requests)
-                    return self._send(200, {"num": n, "pullRequest": payload.get("pullRequest", False), "url": f"{hub.url}/{repo_id}/discussions/{n}"})
+                    return self._send(
+                        200,
+                        {
+                            "num": n,
+                            "pullRequest": payload.get("pullRequest", False),
+                            "url": f"{hub.url}/{repo_id}/discussions/{n}",
+                        },
+                    )
                 if rest:
                     n = int(rest[0])
                     if not 1 <= n <= len(repo.pull_requests):
                         return self._error(404, f"no discussion {n}")
                     return self._send(200, repo.pull_requests[n - 1].details(repo_id, n))
                 found = repo.discussions(repo_id)
-                return self._send(200, {"discussions": found, "count": len(found), "start": 0, "numClosedDiscussions": 0})
+                return self._send(
+                    200, {"discussions": found, "count": len(found), "start": 0, "numClosedDiscussions": 0}
+                )
 
             def _commit(self, repo_id, repo: Repo, body: bytes, revision: list[str]):
                 lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
@@ -334,7 +376,9 @@ class HubStandIn:
                     return self._send(200, url)
                 if "create_pr=1" in self.path:  # older clients: the commit opens the pull request itself
                     repo.pull_requests.append(PullRequest(title=commit.title, date=commit.date, commits=[commit]))
-                    return self._send(200, url | {"pullRequestUrl": f"{hub.url}/{repo_id}/discussions/{len(repo.pull_requests)}"})
+                    return self._send(
+                        200, url | {"pullRequestUrl": f"{hub.url}/{repo_id}/discussions/{len(repo.pull_requests)}"}
+                    )
                 repo.commits.append(commit)
                 return self._send(200, url)
 

@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_DIR
-from flows.serve import free_port
-
+from nerflow.flows.cli.serve import free_port
 
 HEARTBEAT_S = 30  # flow-run heartbeats in the stack (Prefect's minimum), so a silent run is found in minutes
 SILENT_AFTER_S = 75  # the crash-recovery deployment's proactive trigger: heartbeats missed for this long
@@ -33,7 +32,7 @@ def deployment_spec(root: Path, tiny_bert: Path) -> dict:
     training = spec["deployments"][0]
     training["parameters"]["settings"] = {
         "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 48, "max_eval_samples": 16, "language": "en"},
-        "model": {"checkpoint": str(tiny_bert)},
+        "base_model": {"name": str(tiny_bert)},
         "tokenize": {"max_length": 48},
         "train": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-3},
         "output_dir": str(root / "runs"),
@@ -58,7 +57,7 @@ def auth_header(auth: str = AUTH) -> dict[str, str]:
 
 def generated_auth(root: Path) -> str:
     """The credentials `nerflow serve` generated for a stack started without PREFECT_SERVER_API_AUTH_STRING."""
-    from flows.serve import AUTH_FILE
+    from nerflow.flows.cli.serve import AUTH_FILE
 
     return (root / "prefect-home" / AUTH_FILE).read_text().strip()
 
@@ -73,8 +72,20 @@ def start_serve(root: Path, spec: dict, extra_env: dict[str, str] | None = None)
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1", "NERFLOW_ALLOWED_ROOTS": roots,
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S), **(extra_env or {})}  # fmt: skip
     env.pop("PREFECT_API_URL", None)
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port), "--prefect-file", str(prefect_file),
-           "--workdir", str(root / "work"), "--home", str(root / "prefect-home")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nerflow.flows.cli.main",
+        "serve",
+        "--port",
+        str(port),
+        "--prefect-file",
+        str(prefect_file),
+        "--workdir",
+        str(root / "work"),
+        "--home",
+        str(root / "prefect-home"),
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     lines = []
@@ -141,7 +152,9 @@ def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5, des
 
 def finished_run(stack, run_id: str, timeout_s: float = 300) -> dict:
     final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-    return wait_for(f"run {run_id} to finish", lambda: (r := read_run(stack, run_id))["state_type"] in final and r, timeout_s)
+    return wait_for(
+        f"run {run_id} to finish", lambda: (r := read_run(stack, run_id))["state_type"] in final and r, timeout_s
+    )
 
 
 def run_logs(stack, run_id: str) -> list[str]:
@@ -168,7 +181,10 @@ def long_run(stack, name: str, deployment: str = TRAINING) -> str:
     # A seed of its own: an identical earlier run would make this one a cache hit that trains nothing.
     settings["train"] = {**settings["train"], "epochs": 3, "batch_size": 4, "seed": zlib.crc32(name.encode()) % 10_000}
     status, run = api(
-        stack["api"], "POST", f"/deployments/{deployment_id(stack, deployment)}/create_flow_run", {"name": name, "parameters": {"settings": settings}},
+        stack["api"],
+        "POST",
+        f"/deployments/{deployment_id(stack, deployment)}/create_flow_run",
+        {"name": name, "parameters": {"settings": settings}},
         auth=stack.get("auth", AUTH),
     )
     assert status == 201, run
@@ -197,5 +213,3 @@ def flow_run_processes(run_id: str) -> list[int]:
         except OSError:
             continue
     return pids
-
-

@@ -41,10 +41,14 @@ def in_scheme(tags: list[str], scheme: str) -> list[str]:
         if scheme == "iob2":
             out[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (n - 1)
         elif scheme == "iob1":
-            out[start:end] = [f"{'B' if (previous_end, previous_type) == (start, kind) else 'I'}-{kind}"] + [f"I-{kind}"] * (n - 1)
+            out[start:end] = [f"{'B' if (previous_end, previous_type) == (start, kind) else 'I'}-{kind}"] + [
+                f"I-{kind}"
+            ] * (n - 1)
         elif scheme in ("bioes", "bilou"):
             single, last = ("S", "E") if scheme == "bioes" else ("U", "L")
-            out[start:end] = [f"{single}-{kind}"] if n == 1 else [f"B-{kind}"] + [f"I-{kind}"] * (n - 2) + [f"{last}-{kind}"]
+            out[start:end] = (
+                [f"{single}-{kind}"] if n == 1 else [f"B-{kind}"] + [f"I-{kind}"] * (n - 2) + [f"{last}-{kind}"]
+            )
         elif scheme == "io":
             out[start:end] = [kind] * n
         previous_end, previous_type = end, kind
@@ -66,7 +70,13 @@ def write_jsonl(folder: Path, scheme: str, n: dict[str, int | None]) -> Path:
     return folder
 
 
-def write_conll2003(folder: Path, scheme: str = "iob1", n: dict[str, int | None] | None = None, ext: str = ".txt", names=("train", "valid", "test")) -> Path:
+def write_conll2003(
+    folder: Path,
+    scheme: str = "iob1",
+    n: dict[str, int | None] | None = None,
+    ext: str = ".txt",
+    names=("train", "valid", "test"),
+) -> Path:
     """CoNLL-2003 as released: `-DOCSTART- -X- -X- O`, then WORD POS CHUNK TAG per line, space-separated,
     a blank line between sentences; IOB1 tags by default."""
     n = n or {"train": None, "validation": None, "test": None}

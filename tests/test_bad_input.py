@@ -4,8 +4,8 @@ chosen by hypothesis among the ways real files go wrong, in every format nerflow
 parquet, CoNLL, CSV, TSV, and labels.txt beside them)."""
 
 import json
-import signal
 import re
+import signal
 import string
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.settings import DatasetSettings
-from tasks.errors import DatasetValidationError
-from tasks.ingest import ingest_dataset
+from nerflow.tasks.ingest import ingest_dataset
+from nerflow.tasks.runtime.errors import DatasetValidationError
+from nerflow.tasks.settings import DatasetSettings
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 VALID = [
@@ -31,8 +31,17 @@ TIME_LIMIT_S = 10  # one example that takes longer counts as a hang
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 words = st.text(alphabet=string.ascii_letters + "äéßকখ-.'", min_size=1, max_size=8)
-not_a_string = st.one_of(st.integers(), st.floats(allow_nan=True), st.none(), st.booleans(), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
-not_a_list = st.one_of(st.integers(), st.text(max_size=5), st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+not_a_string = st.one_of(
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+)
+not_a_list = st.one_of(
+    st.integers(), st.text(max_size=5), st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
 bad_tag = st.one_of(
     st.integers().filter(lambda i: not 0 <= i < len(LABELS)),
     st.text(max_size=6).filter(lambda t: t not in LABELS),
@@ -47,9 +56,13 @@ def broken_row(draw) -> dict:
     """A row that is wrong in one of the ways rows are: lengths, word types, tags, fields, structure."""
     row = json.loads(json.dumps(draw(st.sampled_from(VALID))))
     n = len(row["tokens"])
-    kind = draw(st.sampled_from(["lengths", "word", "empty-word", "tag", "no-words", "field", "tokens-type", "tags-type"]))
+    kind = draw(
+        st.sampled_from(["lengths", "word", "empty-word", "tag", "no-words", "field", "tokens-type", "tags-type"])
+    )
     if kind == "lengths":
-        row["ner_tags"] = row["ner_tags"] + [0] * draw(st.integers(1, 3)) if draw(st.booleans()) else row["ner_tags"][: n - 1]
+        row["ner_tags"] = (
+            row["ner_tags"] + [0] * draw(st.integers(1, 3)) if draw(st.booleans()) else row["ner_tags"][: n - 1]
+        )
     elif kind == "word":
         row["tokens"][draw(st.integers(0, n - 1))] = draw(not_a_string)
     elif kind == "empty-word":
@@ -78,9 +91,15 @@ def broken_text(draw, render) -> bytes:
     data = render(rows).split(b"\n")
     at = draw(st.integers(0, max(0, len(data) - 2)))
     if kind == "not-utf8":
-        data[at] = data[at][: draw(st.integers(0, len(data[at])))] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xe2\x82", b"\xed\xa0\x80"])) + data[at]
+        data[at] = (
+            data[at][: draw(st.integers(0, len(data[at])))]
+            + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xe2\x82", b"\xed\xa0\x80"]))
+            + data[at]
+        )
     else:
-        data[at] = draw(st.sampled_from([b"{", b'{"tokens": ["a"]', b"[1, 2", b"tokens: a", b'{"tokens": ["a"], "ner_tags": [0]']))
+        data[at] = draw(
+            st.sampled_from([b"{", b'{"tokens": ["a"]', b"[1, 2", b"tokens: a", b'{"tokens": ["a"], "ner_tags": [0]'])
+        )
     return b"\n".join(data)
 
 
@@ -113,7 +132,10 @@ def write_folder(folder: Path, train_file: str, train: bytes) -> Path:
 
 
 def conll(rows) -> bytes:
-    return "\n\n".join("\n".join(f"{w} {LABELS[t]}" for w, t in zip(r["tokens"], r["ner_tags"])) for r in rows).encode() + b"\n"
+    return (
+        "\n\n".join("\n".join(f"{w} {LABELS[t]}" for w, t in zip(r["tokens"], r["ner_tags"])) for r in rows).encode()
+        + b"\n"
+    )
 
 
 def delimited(rows, delimiter: str, spaced: bool = False) -> bytes:
@@ -127,7 +149,9 @@ def delimited(rows, delimiter: str, spaced: bool = False) -> bytes:
         return json.dumps(value, ensure_ascii=False)
 
     out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=["id", "tokens", "ner_tags"], delimiter=delimiter, restval="", lineterminator="\n")
+    writer = csv.DictWriter(
+        out, fieldnames=["id", "tokens", "ner_tags"], delimiter=delimiter, restval="", lineterminator="\n"
+    )
     writer.writeheader()
     for i, row in enumerate(rows):
         writer.writerow({"id": i} | {k: cell(v) for k, v in row.items()})
@@ -168,7 +192,12 @@ def test_broken_jsonl(scratch, data):
 
 
 @SETTINGS
-@given(data=st.one_of(broken_text(json_file), st.sampled_from([b'{"rows": []}', b"42", b'"text"', b"[" * 100000 + b"]" * 100000, b"\xef\xbb\xbf{"])))
+@given(
+    data=st.one_of(
+        broken_text(json_file),
+        st.sampled_from([b'{"rows": []}', b"42", b'"text"', b"[" * 100000 + b"]" * 100000, b"\xef\xbb\xbf{"]),
+    )
+)
 def test_broken_json(scratch, data):
     expect_validation_error(write_folder(scratch / "json", "train.json", data), scratch)
 
@@ -180,7 +209,21 @@ def broken_table(draw) -> pa.Table:
     tags = [list(r["ner_tags"]) for r in VALID]
     row = draw(st.integers(0, len(VALID) - 1))
     n = len(tokens[row])
-    kind = draw(st.sampled_from(["lengths", "null-word", "empty-word", "tag-id", "tag-name", "null-tag", "no-words", "no-column", "int-words"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "lengths",
+                "null-word",
+                "empty-word",
+                "tag-id",
+                "tag-name",
+                "null-tag",
+                "no-words",
+                "no-column",
+                "int-words",
+            ]
+        )
+    )
     if kind == "lengths":
         tags[row] = tags[row][: n - 1] if draw(st.booleans()) else tags[row] + [0]
     elif kind == "null-word":
@@ -188,7 +231,9 @@ def broken_table(draw) -> pa.Table:
     elif kind == "empty-word":
         tokens[row][draw(st.integers(0, n - 1))] = draw(st.sampled_from(["", " ", "\t"]))
     elif kind == "tag-id":
-        tags[row][draw(st.integers(0, n - 1))] = draw(st.integers(-(2**31), 2**31 - 1).filter(lambda i: not 0 <= i < len(LABELS)))
+        tags[row][draw(st.integers(0, n - 1))] = draw(
+            st.integers(-(2**31), 2**31 - 1).filter(lambda i: not 0 <= i < len(LABELS))
+        )
     elif kind == "tag-name":
         tags = [[LABELS[t] for t in sentence] for sentence in tags]
         tags[row][draw(st.integers(0, n - 1))] = draw(st.text(max_size=6).filter(lambda t: t not in LABELS))
@@ -223,7 +268,10 @@ def broken_conll(draw) -> bytes:
     if kind == "one-column":
         lines.insert(at, draw(words))
     elif kind == "unknown-tag":
-        lines.insert(at, f"{draw(words)} {draw(st.text(alphabet=string.ascii_uppercase + '-', min_size=1, max_size=6).filter(lambda t: t not in LABELS))}")
+        lines.insert(
+            at,
+            f"{draw(words)} {draw(st.text(alphabet=string.ascii_uppercase + '-', min_size=1, max_size=6).filter(lambda t: t not in LABELS))}",
+        )
     else:
         return ("\n".join(lines[:at])).encode() + b"\xff\xfe" + ("\n".join(lines[at:])).encode()
     return "\n".join(lines).encode()
@@ -248,7 +296,11 @@ def broken_delimited(draw, delimiter: str) -> bytes:
     if kind == "not-utf8":
         lines[at] = lines[at][: draw(st.integers(0, len(lines[at])))] + b"\xff" + lines[at]
     elif kind == "ragged":
-        lines[at] = lines[at] + delimiter.encode() + draw(words).encode() if draw(st.booleans()) else lines[at].rsplit(delimiter.encode(), 1)[0]
+        lines[at] = (
+            lines[at] + delimiter.encode() + draw(words).encode()
+            if draw(st.booleans())
+            else lines[at].rsplit(delimiter.encode(), 1)[0]
+        )
     elif kind == "quote":
         lines[at] = b'"' + lines[at]
     elif kind == "header":
@@ -272,10 +324,14 @@ def test_csv_and_tsv_cells_hold_json_lists_or_space_separated_words(tmp_path):
     rows = VALID + [{"tokens": ["In", "2024", "Paris", "grew"], "ner_tags": [0, 0, 3, 0]}]
     for delimiter, suffix in ((",", ".csv"), ("\t", ".tsv")):
         for spaced in (False, True):
-            folder = write_folder(tmp_path / f"{suffix[1:]}-{spaced}", f"train{suffix}", delimited(rows, delimiter, spaced))
+            folder = write_folder(
+                tmp_path / f"{suffix[1:]}-{spaced}", f"train{suffix}", delimited(rows, delimiter, spaced)
+            )
             ref = ingest_dataset(DatasetSettings(source=str(folder)), tmp_path / "cache")
             train = ref.load()["train"]
-            assert ref.num_rows["train"] == 4 and list(train["tokens"]) == [r["tokens"] for r in rows]  # "2024" stays a word
+            assert ref.num_rows["train"] == 4 and list(train["tokens"]) == [
+                r["tokens"] for r in rows
+            ]  # "2024" stays a word
             assert list(train["ner_tags"]) == [r["ner_tags"] for r in rows]
 
 
@@ -288,7 +344,14 @@ def broken_labels(draw) -> bytes:
     elif kind == "blank":
         names.insert(draw(st.integers(1, len(names) - 1)), draw(st.sampled_from(["", " ", "\t"])))
     elif kind == "not-iob":
-        names.insert(draw(st.integers(0, len(names))), draw(st.text(alphabet=string.ascii_letters + "-_ ", min_size=1, max_size=8).filter(lambda t: t.strip() and not re.match(r"^(O|[BIESLU]-.+)$", t.strip()))))
+        names.insert(
+            draw(st.integers(0, len(names))),
+            draw(
+                st.text(alphabet=string.ascii_letters + "-_ ", min_size=1, max_size=8).filter(
+                    lambda t: t.strip() and not re.match(r"^(O|[BIESLU]-.+)$", t.strip())
+                )
+            ),
+        )
     elif kind == "no-o":
         names.remove("O")
     elif kind == "not-utf8":

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from tasks.batching import (
+from nerflow.tasks.training.batching import (
     STATIC_BUCKET,
     TOKENS_PER_SENTENCE,
     FullBatches,
@@ -65,7 +65,12 @@ def test_static_padding_uses_few_shapes_and_the_collator_masks_padding():
     collate = PadCollator(pad_id=0, multiple=STATIC_BUCKET, max_length=128)
     widths = {collate.width(n) for n in range(1, 129)}
     assert widths == {32, 64, 96, 128}
-    batch = collate([{"input_ids": [101, 5, 102], "labels": [-100, 3, -100]}, {"input_ids": [101, 7, 8, 9, 102], "labels": [-100, 1, 2, 0, -100]}])
+    batch = collate(
+        [
+            {"input_ids": [101, 5, 102], "labels": [-100, 3, -100]},
+            {"input_ids": [101, 7, 8, 9, 102], "labels": [-100, 1, 2, 0, -100]},
+        ]
+    )
     assert batch["input_ids"].shape == (2, 32)
     assert batch["attention_mask"][0].tolist()[:4] == [1, 1, 1, 0] and int(batch["attention_mask"].sum()) == 8
     assert batch["labels"][0, 3:].eq(-100).all() and batch["labels"][1, :5].tolist() == [-100, 1, 2, 0, -100]

@@ -41,9 +41,27 @@ def test_gpu_flow_benchmark_smoke(tmp_path):
         if source.is_file():
             shutil.copy(source, shape / name)
     out = tmp_path / "flow.json"
-    summary, _ = run_bench("bench.gpu_flow", "--smoke", "--data", str(SAMPLE_DIR), "--shape", str(shape), "--variants", "eager", "--epochs", "1", "--json", str(out))
+    summary, _ = run_bench(
+        "bench.gpu_flow",
+        "--smoke",
+        "--data",
+        str(SAMPLE_DIR),
+        "--shape",
+        str(shape),
+        "--variants",
+        "eager",
+        "--epochs",
+        "1",
+        "--json",
+        str(out),
+    )
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["variant"] == "eager" and row["train_s"] > 0 and row["flow_wall_s"] > row["train_s"] and 0 <= row["test_f1"] <= 1
+    assert (
+        row["variant"] == "eager"
+        and row["train_s"] > 0
+        and row["flow_wall_s"] > row["train_s"]
+        and 0 <= row["test_f1"] <= 1
+    )
 
 
 def test_predict_benchmark_compares_every_variant_on_the_same_sentences(tmp_path, tiny_bert):
@@ -51,12 +69,31 @@ def test_predict_benchmark_compares_every_variant_on_the_same_sentences(tmp_path
 
     labels = (SAMPLE_DIR / "labels.txt").read_text().split()
     model_dir = tmp_path / "tagger"  # an untrained head: the benchmark measures speed, and scores what it gets
-    BertForTokenClassification.from_pretrained(tiny_bert, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}).save_pretrained(model_dir)
+    BertForTokenClassification.from_pretrained(
+        tiny_bert, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+    ).save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(model_dir)
     out = tmp_path / "predict.json"
-    summary, _ = run_bench("bench.predict", "--data", str(SAMPLE_DIR), "--model", str(model_dir), "--sentences", "40", "--rounds", "1", "--json", str(out))
+    summary, _ = run_bench(
+        "bench.predict",
+        "--data",
+        str(SAMPLE_DIR),
+        "--model",
+        str(model_dir),
+        "--sentences",
+        "40",
+        "--rounds",
+        "1",
+        "--json",
+        str(out),
+    )
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     assert list(rows) == ["pipeline, one call per sentence", "pipeline, batched", "nerflow"]
-    assert summary["sentences"] == 40 and summary["nerflow_vs_one_per_call"] == rows["nerflow"]["speedup_vs_one_per_call"] > 0
-    assert rows["pipeline, one call per sentence"]["entities"] == rows["pipeline, batched"]["entities"]  # same model, same answers
+    assert (
+        summary["sentences"] == 40
+        and summary["nerflow_vs_one_per_call"] == rows["nerflow"]["speedup_vs_one_per_call"] > 0
+    )
+    assert (
+        rows["pipeline, one call per sentence"]["entities"] == rows["pipeline, batched"]["entities"]
+    )  # same model, same answers
     assert all(0 <= r["f1_vs_gold"] <= 1 for r in rows.values())

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.settings import RunSettings
-from tasks.card import WIDGET_EXAMPLES, check_card, render_model_card
-from tasks.refs import DatasetRef, EvaluationRef, ModelRef, TokenizedRef
+from nerflow.tasks.card import WIDGET_EXAMPLES, check_card, render_model_card
+from nerflow.tasks.refs import DatasetRef, EvaluationRef, ModelRef, TokenizedRef
+from nerflow.tasks.settings import RunSettings
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 
@@ -22,7 +22,13 @@ def scores(f1: float) -> dict:
     }
 
 
-def refs(tmp_path: Path, language: str | None, source: str = "unimelb-nlp/wikiann", config: str | None = "bn", **dataset_fields):
+def refs(
+    tmp_path: Path,
+    language: str | None,
+    source: str = "unimelb-nlp/wikiann",
+    config: str | None = "bn",
+    **dataset_fields,
+):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (tmp_path / "train_log.json").write_text(
@@ -40,13 +46,18 @@ def refs(tmp_path: Path, language: str | None, source: str = "unimelb-nlp/wikian
         precision="bf16",
         train_runtime_s=30.0,
         train_samples_per_second=2300.0,
-        epochs=[{"epoch": 1.0, "train_loss": 0.5, "eval_loss": 0.4, "val_precision": 0.8, "val_recall": 0.8, "val_f1": 0.81}],
+        epochs=[
+            {"epoch": 1.0, "train_loss": 0.5, "eval_loss": 0.4, "val_precision": 0.8, "val_recall": 0.8, "val_f1": 0.81}
+        ],
     )
     evaluation = EvaluationRef(
         path=str(tmp_path / "metrics.json"),
         word_level={"validation": scores(0.81), "test": scores(0.8234567)},
         subword_level_tutorial_f1={"validation": 0.7, "test": 0.69},
-        test_confusion={"labels": ["O", "LOC", "ORG", "PER"], "matrix": [[90, 2, 3, 1], [4, 20, 1, 0], [5, 2, 15, 1], [1, 0, 0, 25]]},
+        test_confusion={
+            "labels": ["O", "LOC", "ORG", "PER"],
+            "matrix": [[90, 2, 3, 1], [4, 20, 1, 0], [5, 2, 15, 1], [1, 0, 0, 25]],
+        },
     )
     dataset = DatasetRef(
         path=str(tmp_path / "ds"),
@@ -66,7 +77,7 @@ def refs(tmp_path: Path, language: str | None, source: str = "unimelb-nlp/wikian
         path=str(tmp_path / "tok"),
         cache_key="k",
         dataset_fingerprint="f" * 64,
-        checkpoint="bert-base-multilingual-cased",
+        base_model="bert-base-multilingual-cased",
         tokenizer_fingerprint="t",
         alignment="first",
         max_length=512,
@@ -130,8 +141,15 @@ def test_a_local_dataset_is_named_never_shown_as_a_path(tmp_path):
 
     folder = tmp_path / "corpora" / "my-ner-data"
     model, evaluation, dataset, tokenized = refs(
-        tmp_path, "en", source=str(folder), config=None, name="my-ner-data", revision="sha256:ffffffffffffffff", source_revision=None,
-        tag_scheme="bioes", source_label_names=["O", "B-PER", "I-PER", "E-PER", "S-PER"],
+        tmp_path,
+        "en",
+        source=str(folder),
+        config=None,
+        name="my-ner-data",
+        revision="sha256:ffffffffffffffff",
+        source_revision=None,
+        tag_scheme="bioes",
+        source_label_names=["O", "B-PER", "I-PER", "E-PER", "S-PER"],
     )
     ref = render_model_card(model, evaluation, dataset, tokenized, RunSettings(), "run-3")
     text = Path(ref.path).read_text()

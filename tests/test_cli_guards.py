@@ -17,9 +17,11 @@ from conftest import REPO, SAMPLE_DIR
 pytestmark = pytest.mark.slow  # nerflow train processes, each with a Prefect server
 
 
-def nerflow_train(config: Path, env_update: dict | None = None, drop: tuple = (), timeout: int = 600, background: bool = False):
+def nerflow_train(
+    config: Path, env_update: dict | None = None, drop: tuple = (), timeout: int = 600, background: bool = False
+):
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", *drop)} | (env_update or {})
-    cmd = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
+    cmd = [sys.executable, "-m", "nerflow.flows.cli.main", "train", "--config", str(config)]
     if background:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -51,7 +53,9 @@ def test_bad_rows_are_one_message_and_exit_code_2_with_the_traceback_in_the_run_
     assert console.count("2 tags for 3 words") == 1  # said once: not by Prefect's lines, then nerflow's
     assert "Traceback" not in console and "View at" not in console
     with sqlite3.connect(home / "prefect.db") as db:
-        (state, message) = db.execute("SELECT s.name, s.message FROM flow_run f JOIN flow_run_state s ON s.id = f.state_id").fetchone()
+        (state, message) = db.execute(
+            "SELECT s.name, s.message FROM flow_run f JOIN flow_run_state s ON s.id = f.state_id"
+        ).fetchone()
         logs = [m for (m,) in db.execute("SELECT message FROM log")]
     assert state == "Invalid input" and message.startswith("dataset validation failed")
     assert any("Traceback" in m and "DatasetValidationError" in m for m in logs)  # the whole story, in the UI
@@ -71,7 +75,10 @@ def test_one_writer_per_run_folder_and_a_cold_cache_shared_safely(tiny_settings,
     (one must be refused, never two writers) and one with another name (it shares the cache)."""
     same = write_config(tmp_path, tiny_settings(run_name="same", train={"epochs": 1}))
     other = write_config(tmp_path, tiny_settings(run_name="other", train={"epochs": 1}))
-    procs = [nerflow_train(c, {"PREFECT_HOME": str(tmp_path / f"home-{i}")}, background=True) for i, c in enumerate((same, same, other))]
+    procs = [
+        nerflow_train(c, {"PREFECT_HOME": str(tmp_path / f"home-{i}")}, background=True)
+        for i, c in enumerate((same, same, other))
+    ]
     outcomes = [(p.wait(timeout=900), p.stdout.read(), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _, _ in outcomes[:2])
     assert codes == [0, 2], [o[2][-2000:] for o in outcomes]
@@ -79,7 +86,7 @@ def test_one_writer_per_run_folder_and_a_cold_cache_shared_safely(tiny_settings,
     assert "is in use by run 'same'" in refused and "Traceback" not in refused
     assert outcomes[2][0] == 0, outcomes[2][2][-2000:]
 
-    from tasks.storage import is_sealed
+    from nerflow.tasks.runtime.files import is_sealed
 
     runs = tmp_path / "runs"  # tiny_settings' output folder, shared by the three
     assert is_sealed(runs / "same" / "model") and is_sealed(runs / "other" / "model")
@@ -138,8 +145,18 @@ def test_a_local_run_reaches_nothing_beyond_loopback(tiny_settings, tmp_path):
     (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
     log = tmp_path / "net.log"
     log.touch()
-    env = {"PYTHONPATH": os.pathsep.join([str(guard), str(REPO)]), "NERFLOW_NET_LOG": str(log), "PREFECT_HOME": str(tmp_path / "home")}
-    quiet = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(guard), str(REPO)]),
+        "NERFLOW_NET_LOG": str(log),
+        "PREFECT_HOME": str(tmp_path / "home"),
+    }
+    quiet = (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "PREFECT_SERVER_ANALYTICS_ENABLED",
+        "DO_NOT_TRACK",
+    )
     config = write_config(tmp_path, tiny_settings(dataset={"source": str(SAMPLE_DIR)}, train={"epochs": 1}))
     out = nerflow_train(config, env, drop=quiet)
     assert out.returncode == 0, out.stderr[-3000:]

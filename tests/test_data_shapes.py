@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from nerflow.tasks.data.schemes import convert, detect_scheme, spans
+from nerflow.tasks.ingest import ingest_dataset
+from nerflow.tasks.runtime.errors import DatasetValidationError
+from nerflow.tasks.settings import DatasetSettings
 from shapes import (
     LABELS,
     has_adjacent_same_type,
@@ -15,10 +19,6 @@ from shapes import (
     write_tsv_blocks_with_header,
     write_tsv_table,
 )
-from tasks.errors import DatasetValidationError
-from tasks.ingest import ingest_dataset
-from tasks.schemes import convert, detect_scheme, spans
-from tasks.settings import DatasetSettings
 
 N = {"train": 300, "validation": 100, "test": 100}
 
@@ -63,7 +63,7 @@ def test_conll2003_as_released_four_columns_docstart_iob1(tmp_path):
     folder = write_conll2003(tmp_path / "conll2003", "iob1", N)  # train.txt, valid.txt, test.txt
     assert (folder / "train.txt").read_text().startswith("-DOCSTART- -X- -X- O\n\n")
     ref, tags = ingested(folder, tmp_path)
-    assert ref.tag_scheme == "iob1" and ref.num_rows == N and ref.iob_violations == {r: 0 for r in N}
+    assert ref.tag_scheme == "iob1" and ref.num_rows == N and ref.iob_violations == dict.fromkeys(N, 0)
     assert tags["train"] == iob2_of("train", 300)
     assert ref.name == "conll2003"
 
@@ -78,7 +78,7 @@ def test_a_tsv_is_read_by_its_shape_and_a_header_can_name_the_columns(tmp_path):
 
 
 def test_prediction_reads_files_as_training_does(tmp_path):
-    from tasks.predict_io import read_documents
+    from nerflow.tasks.prediction.files import read_documents
 
     folder = write_conll2003(tmp_path / "c", "iob1", {"train": 5, "validation": 5, "test": 20})
     docs, _, gold = read_documents(folder / "test.txt")  # a .txt of word-per-line blocks is CoNLL, not text
@@ -98,7 +98,10 @@ def test_prediction_reads_files_as_training_does(tmp_path):
     [
         ([["PER", "B-LOC", "O"]], "mix bare types (PER) with prefixed tags (B-LOC)"),
         ([["B-PER", "E-PER", "U-LOC"]], "use both E-/S- (BIOES) and L-/U- (BILOU) prefixes"),
-        ([["I-PER", "O", "B-LOC"]] * 3 + [["O", "I-ORG"]] * 3 + [["O", "B-ORG"]], "mix IOB1 span starts (18 I- tags after O or another type) with IOB2 span starts (12 B- tags after O)"),
+        (
+            [["I-PER", "O", "B-LOC"]] * 3 + [["O", "I-ORG"]] * 3 + [["O", "B-ORG"]],
+            "mix IOB1 span starts (18 I- tags after O or another type) with IOB2 span starts (12 B- tags after O)",
+        ),
     ],
 )
 def test_tags_that_fit_no_scheme_or_two_get_one_line_saying_how_to_choose(tmp_path, tags, why):
@@ -107,7 +110,9 @@ def test_tags_that_fit_no_scheme_or_two_get_one_line_saying_how_to_choose(tmp_pa
     folder = tmp_path / "odd"
     folder.mkdir()
     for split in N:
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"tokens": ["w"] * len(t), "ner_tags": t}) + "\n" for t in tags))
+        (folder / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"tokens": ["w"] * len(t), "ner_tags": t}) + "\n" for t in tags)
+        )
     with pytest.raises(DatasetValidationError) as err:
         ingested(folder, tmp_path)
     message = str(err.value)

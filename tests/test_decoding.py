@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from tasks.decoding import decode, iob2_constraints, viterbi_iob2
+from nerflow.tasks.scoring.decoding import decode, iob2_constraints, viterbi_iob2
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -30,7 +30,9 @@ def brute_force(scores: np.ndarray) -> tuple[float, list[int]]:
 
 def test_viterbi_finds_the_best_valid_sequence_of_every_sentence():
     rng = np.random.default_rng(0)
-    sentences = [np.log(rng.dirichlet(np.ones(len(LABELS)) * 0.3, size=n)).astype(np.float32) for n in (1, 2, 3, 4, 5, 0, 3)]
+    sentences = [
+        np.log(rng.dirichlet(np.ones(len(LABELS)) * 0.3, size=n)).astype(np.float32) for n in (1, 2, 3, 4, 5, 0, 3)
+    ]
     paths = viterbi_iob2(sentences, LABELS)
     for scores, path in zip(sentences, paths):
         assert len(path) == len(scores)

@@ -27,21 +27,43 @@ def stack(tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("stack")
     watched = shutil.copytree(SAMPLE_DIR, root / "watched-data")
     spec = deployment_spec(root, tiny_bert)
-    next(d for d in spec["deployments"] if d["name"] == "wikiann-bn-watcher")["parameters"]["dataset"] = {"source": str(watched)}
+    next(d for d in spec["deployments"] if d["name"] == "wikiann-bn-watcher")["parameters"]["dataset"] = {
+        "source": str(watched)
+    }
     proc, port = start_serve(
         root,
         spec,
-        {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5", "PREFECT_SERVER_API_AUTH_STRING": AUTH},
+        {
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            "PREFECT_SERVER_API_AUTH_STRING": AUTH,
+        },
     )
     base = f"http://127.0.0.1:{port}/api"
-    child_env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_HOME": str(root / "client-home"), "PREFECT_API_AUTH_STRING": AUTH}
+    child_env = {
+        **os.environ,
+        "PREFECT_API_URL": base,
+        "PREFECT_HOME": str(root / "client-home"),
+        "PREFECT_API_AUTH_STRING": AUTH,
+    }
     with AlertReceiver() as alerts:
         created = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "alerts", "create", "--webhook", alerts.url],
-            env=child_env, capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", "nerflow.flows.cli.main", "alerts", "create", "--webhook", alerts.url],
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert created.returncode == 0 and "custom-webhook/nerflow-alerts" in created.stdout, created.stderr
-        yield {"api": base, "root": root, "env": child_env, "watched": watched, "proc": proc, "tiny_bert": tiny_bert, "alerts": alerts}
+        yield {
+            "api": base,
+            "root": root,
+            "env": child_env,
+            "watched": watched,
+            "proc": proc,
+            "tiny_bert": tiny_bert,
+            "alerts": alerts,
+        }
 
     assert stop_serve(proc) == 0
     worker_log = (root / "work" / "worker.log").read_text()
@@ -129,18 +151,28 @@ def test_runs_from_cli_rest_and_event_complete(stack):
     before = {r["id"] for r in flow_runs(stack)}
 
     cli = subprocess.run(
-        [sys.executable, "-m", "prefect", "deployment", "run", DEPLOYMENT], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "prefect", "deployment", "run", DEPLOYMENT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert cli.returncode == 0, cli.stdout + cli.stderr
 
     status, rest_run = api(
-        stack["api"], "POST", f"/deployments/{deployment_id(stack)}/create_flow_run", {"parameters": {"dataset_revision": "rest-1"}}
+        stack["api"],
+        "POST",
+        f"/deployments/{deployment_id(stack)}/create_flow_run",
+        {"parameters": {"dataset_revision": "rest-1"}},
     )
     assert status == 201, rest_run
 
     event = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "trigger", "wikiann-bn", "--revision", "ev-42"],
-        env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "nerflow.flows.cli.main", "trigger", "wikiann-bn", "--revision", "ev-42"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert event.returncode == 0 and "emitted nerflow.dataset.updated" in event.stdout, event.stdout + event.stderr
 
@@ -168,11 +200,16 @@ def test_invalid_parameters_are_refused_before_a_run(stack):
     bad = {"settings": {"train": {"epochs": 0}}}
     cli = subprocess.run(
         [sys.executable, "-m", "prefect", "deployment", "run", DEPLOYMENT, "--params", json.dumps(bad)],
-        env=stack["env"], capture_output=True, text=True, timeout=120,
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert cli.returncode != 0
     assert "epochs" in cli.stdout + cli.stderr
-    status, body = api(stack["api"], "POST", f"/deployments/{deployment_id(stack)}/create_flow_run", {"parameters": bad})
+    status, body = api(
+        stack["api"], "POST", f"/deployments/{deployment_id(stack)}/create_flow_run", {"parameters": bad}
+    )
     assert status in (409, 422), body
     assert len(flow_runs(stack)) == before
 
@@ -181,8 +218,8 @@ def test_watcher_emits_only_when_the_revision_changes(stack):
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from flows.settings import DatasetSettings
-    from flows.watcher import watch_dataset
+    from nerflow.flows.watcher import watch_dataset
+    from nerflow.tasks.settings import DatasetSettings
 
     dataset = DatasetSettings(source=str(stack["watched"]))
     with temporary_settings({PREFECT_API_URL: stack["api"], PREFECT_API_AUTH_STRING: AUTH}):
@@ -195,7 +232,9 @@ def test_watcher_emits_only_when_the_revision_changes(stack):
     assert (first.emitted, second.emitted, third.emitted) == (False, False, True)
     assert third.previous == first.revision != third.revision
 
-    flt = {"filter": {"event": {"name": ["nerflow.dataset.updated"]}, "resource": {"id": ["nerflow.dataset.e2e-watch"]}}}
+    flt = {
+        "filter": {"event": {"name": ["nerflow.dataset.updated"]}, "resource": {"id": ["nerflow.dataset.e2e-watch"]}}
+    }
     deadline = time.monotonic() + 30
     while True:
         status, page = api(stack["api"], "POST", "/events/filter", flt)
@@ -211,7 +250,7 @@ def test_watcher_emits_only_when_the_revision_changes(stack):
 def test_pool_kinds_from_templates(stack):
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from flows.pools import create_pool
+    from nerflow.flows.cli.pools import create_pool
 
     with temporary_settings({PREFECT_API_URL: stack["api"], PREFECT_API_AUTH_STRING: AUTH}):
         for kind in ("docker", "kubernetes"):
@@ -228,7 +267,10 @@ def test_pool_kinds_from_templates(stack):
     manifest = k8s["base_job_template"]["job_configuration"]["job_manifest"]
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus_per_pod }}"
-    assert container["image"] == "registry.team/nerflow:1" and manifest["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert (
+        container["image"] == "registry.team/nerflow:1"
+        and manifest["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    )
     status, process = api(stack["api"], "GET", "/work_pools/gpu")
     assert process["base_job_template"]["job_configuration"]["working_dir"] == str(stack["root"] / "work")
     assert process["base_job_template"]["variables"]["additionalProperties"] is False
@@ -245,11 +287,21 @@ def test_a_run_started_through_the_api_with_bad_data_fails_with_the_message_as_i
     (folder / "labels.txt").write_text("O\nB-PER\nI-PER\n")
     settings = deployment_spec(stack["root"], stack["tiny_bert"])["deployments"][0]["parameters"]["settings"]
     settings["dataset"] = {"source": str(folder)}
-    status, run = api(stack["api"], "POST", f"/deployments/{deployment_id(stack)}/create_flow_run", {"parameters": {"settings": settings}})
+    status, run = api(
+        stack["api"],
+        "POST",
+        f"/deployments/{deployment_id(stack)}/create_flow_run",
+        {"parameters": {"settings": settings}},
+    )
     assert status == 201, run
-    final = wait_for("the run to fail", lambda: (r := read_run(stack, run["id"]))["state_type"] in ("FAILED", "COMPLETED", "CRASHED") and r)
+    final = wait_for(
+        "the run to fail",
+        lambda: (r := read_run(stack, run["id"]))["state_type"] in ("FAILED", "COMPLETED", "CRASHED") and r,
+    )
     assert final["state_type"] == "FAILED" and final["state"]["name"] == "Invalid input"
-    assert "train.jsonl, split 'train', row 0 (line 1), field 'ner_tags': 2 tags for 3 words" in final["state"]["message"]
+    assert (
+        "train.jsonl, split 'train', row 0 (line 1), field 'ner_tags': 2 tags for 3 words" in final["state"]["message"]
+    )
     # One alert, with the run, the failed task, the first line of the error and a link to the run.
     (alert,) = wait_for("the alert", lambda: stack["alerts"].about(final["name"]), timeout_s=60)
     body = alert["body"].splitlines()
@@ -264,7 +316,7 @@ def test_a_burst_of_events_for_one_revision_runs_every_run_and_trains_once(stack
     before = {r["id"] for r in flow_runs(stack)}
     burst = (
         "from prefect.events.worker import EventsWorker\n"
-        "from flows.watcher import emit_dataset_updated\n"
+        "from nerflow.flows.watcher import emit_dataset_updated\n"
         "for _ in range(5):\n"
         "    emit_dataset_updated('wikiann-bn', 'burst-1')\n"
         "EventsWorker.drain_all()\n"
@@ -273,15 +325,30 @@ def test_a_burst_of_events_for_one_revision_runs_every_run_and_trains_once(stack
     busy_at_once = 0
     deadline = time.monotonic() + 600
     while True:
-        runs = [r for r in flow_runs(stack) if r["id"] not in before and r["parameters"].get("dataset_revision") == "burst-1"]
+        runs = [
+            r
+            for r in flow_runs(stack)
+            if r["id"] not in before and r["parameters"].get("dataset_revision") == "burst-1"
+        ]
         busy_at_once = max(busy_at_once, sum(r["state_type"] in ("PENDING", "RUNNING") for r in runs))
         if len(runs) == 5 and all(r["state_type"] == "COMPLETED" for r in runs):
             break
-        assert not [r for r in runs if r["state_type"] in ("FAILED", "CRASHED", "CANCELLED")], [r["state"] for r in runs]
+        assert not [r for r in runs if r["state_type"] in ("FAILED", "CRASHED", "CANCELLED")], [
+            r["state"] for r in runs
+        ]
         assert time.monotonic() < deadline, f"{len(runs)} runs, states {sorted(r['state_type'] for r in runs)}"
         time.sleep(1)
     assert busy_at_once <= 1  # the training queue's concurrency limit held
-    status, task_runs = api(stack["api"], "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [r["id"] for r in runs]}}, "limit": 200})
-    trained = [t for t in task_runs if t["name"].startswith("train-") and t["state_type"] == "COMPLETED" and t["state"]["name"] == "Completed"]
+    status, task_runs = api(
+        stack["api"],
+        "POST",
+        "/task_runs/filter",
+        {"flow_runs": {"id": {"any_": [r["id"] for r in runs]}}, "limit": 200},
+    )
+    trained = [
+        t
+        for t in task_runs
+        if t["name"].startswith("train-") and t["state_type"] == "COMPLETED" and t["state"]["name"] == "Completed"
+    ]
     assert len(trained) <= 1
     assert sum("already handled" in (r["state"]["message"] or "") for r in runs) >= 4

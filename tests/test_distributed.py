@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import prepare, train, write_synthetic_dataset
-from flows.settings import RunSettings
-from tasks.distributed import JOB_FILE, launch_distributed, torchrun_command
-from tasks.evaluate import evaluate_model
-from tasks.refs import TrainJob
-from tasks.storage import SEAL, atomic_write_json
+from conftest import prepare, train, train_job, write_synthetic_dataset
+from nerflow.tasks.evaluate import evaluate_model
+from nerflow.tasks.runtime.files import SEAL, atomic_write_json
+from nerflow.tasks.settings import RunSettings
+from nerflow.tasks.training.distributed import JOB_FILE, launch_distributed, torchrun_command
 
 pytestmark = pytest.mark.slow  # torchrun with two training processes
 
@@ -36,14 +35,15 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def settings_for(tmp_path: Path, tiny_bert: Path, **train) -> RunSettings:
+def settings_for(tmp_path: Path, tiny_bert: Path, processes: int = 1, **train) -> RunSettings:
     data = write_synthetic_dataset(tmp_path / "synthetic", n_train=192)
     return RunSettings.model_validate(
         {
             "dataset": {"source": str(data)},
-            "model": {"checkpoint": str(tiny_bert)},
+            "base_model": {"name": str(tiny_bert)},
             "tokenize": {"max_length": 32},
             "train": {"epochs": 6, "learning_rate": 5e-3, "seed": 7, **train},
+            "compute": {"nproc_per_node": processes},
             "output_dir": str(tmp_path / "runs"),
         }
     )
@@ -51,13 +51,13 @@ def settings_for(tmp_path: Path, tiny_bert: Path, **train) -> RunSettings:
 
 def test_two_processes_match_one_with_the_same_effective_batch(tmp_path, tiny_bert):
     single = settings_for(tmp_path, tiny_bert, batch_size=16)
-    ddp = settings_for(tmp_path, tiny_bert, batch_size=8, nproc_per_node=2)
+    ddp = settings_for(tmp_path, tiny_bert, batch_size=8, processes=2)
     _, tokenized = prepare(single)
 
     one = train(single, tokenized, tmp_path / "runs" / "one")
     lines: list[str] = []
     started = time.perf_counter()
-    two = launch_distributed(TrainJob.for_run(ddp, tokenized, tmp_path / "runs" / "two", "two"), lines.append)
+    two = launch_distributed(train_job(ddp, tokenized, tmp_path / "runs" / "two", "two"), lines.append)
     elapsed = time.perf_counter() - started
     print(f"two-process training took {elapsed:.1f} s")
 
@@ -76,15 +76,24 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path, tiny_be
 
 
 def test_ddp_run_killed_after_its_first_checkpoint_resumes(tmp_path, tiny_bert):
-    s = settings_for(tmp_path, tiny_bert, batch_size=4, epochs=3, nproc_per_node=2)
-    s = s.model_copy(update={"dataset": s.dataset.model_copy(update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))})})
+    s = settings_for(tmp_path, tiny_bert, batch_size=4, epochs=3, processes=2)
+    s = s.model_copy(
+        update={
+            "dataset": s.dataset.model_copy(
+                update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))}
+            )
+        }
+    )
     _, tokenized = prepare(s)
     run_dir = tmp_path / "runs" / "killed"
     run_dir.mkdir(parents=True)
-    job = TrainJob.for_run(s, tokenized, run_dir, "killed")
+    job = train_job(s, tokenized, run_dir, "killed")
     job_file = atomic_write_json(run_dir / JOB_FILE, job.model_dump(mode="json"))
     proc = subprocess.Popen(
-        torchrun_command(s.train, "killed", job_file), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        torchrun_command(s.compute, "killed", job_file),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -113,9 +122,9 @@ def processes_with(marker: str) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
-                if (proc / "stat").read_text().split(")")[-1].split()[0] != "Z":  # a zombie writes nothing
-                    found.append(int(proc.name))
+            ours = proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes().split(b"\0")
+            if ours and (proc / "stat").read_text().split(")")[-1].split()[0] != "Z":  # a zombie writes nothing
+                found.append(int(proc.name))
         except OSError:
             continue
     return found
@@ -132,13 +141,23 @@ def test_the_flow_process_killed_alone_takes_torchrun_its_ranks_and_its_server_w
     import json
     import sys
 
-    s = settings_for(tmp_path, tiny_bert, batch_size=4, epochs=3, nproc_per_node=2)
-    s = s.model_copy(update={"run_name": "oom-killed", "dataset": s.dataset.model_copy(update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))})})
+    s = settings_for(tmp_path, tiny_bert, batch_size=4, epochs=3, processes=2)
+    s = s.model_copy(
+        update={
+            "run_name": "oom-killed",
+            "dataset": s.dataset.model_copy(
+                update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))}
+            ),
+        }
+    )
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps(s.model_dump(mode="json")))
     marker = f"NERFLOW_TEST_RUN={os.urandom(4).hex()}"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home"), marker.split("=")[0]: marker.split("=")[1]}
-    cmd = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "PREFECT_HOME": str(tmp_path / "home"),
+        marker.split("=")[0]: marker.split("=")[1],
+    }
+    cmd = [sys.executable, "-m", "nerflow.flows.cli.main", "train", "--config", str(config)]
     flow = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = tmp_path / "runs" / "oom-killed"
     deadline = time.monotonic() + 300

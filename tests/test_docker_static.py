@@ -23,7 +23,7 @@ def test_dockerfile_builds_a_cuda_image_that_runs_as_non_root():
     assert steps[0][0] == "FROM" and "nvidia/cuda" in steps[0][1]
     runs = " ".join(arg for op, arg in steps if op == "RUN")
     torch_install = runs.index('pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"')
-    assert torch_install < runs.index('pip install -e ".[wandb,aws]"')  # CUDA torch before the project
+    assert torch_install < runs.index('pip install ".[wandb,aws]"')  # CUDA torch before the project
     assert re.search(r"ARG TORCH_INDEX=https://download.pytorch.org/whl/cu\d+", DOCKERFILE)
     users = [arg for op, arg in steps if op == "USER"]
     assert users and users[-1] not in ("root", "0")
@@ -74,7 +74,7 @@ def test_compose_stack_server_on_postgres_and_gpu_worker():
 def test_pool_templates_are_valid_and_documented():
     import json
 
-    from flows.pools import POOL_TYPES, load_template
+    from nerflow.flows.cli.pools import POOL_TYPES, load_template
 
     for kind in POOL_TYPES:
         raw = json.loads((REPO / "deployments" / "pools" / f"{kind}.json").read_text())
@@ -85,7 +85,10 @@ def test_pool_templates_are_valid_and_documented():
         assert referenced == set(variables["properties"]), kind  # every variable a run may set is used, no other
         # The server refuses any other job variable; command, env, image and the like are not variables.
         assert variables["additionalProperties"] is False
-        assert not {"command", "env", "image", "privileged", "volumes", "namespace", "cluster_config", "working_dir"} & referenced
+        assert (
+            not {"command", "env", "image", "privileged", "volumes", "namespace", "cluster_config", "working_dir"}
+            & referenced
+        )
 
 
 def test_kubernetes_pool_keeps_runs_on_a_volume_and_runs_locked_down():
@@ -101,7 +104,10 @@ def test_kubernetes_pool_keeps_runs_on_a_volume_and_runs_locked_down():
     assert claims[mounts["/home/nerflow/.cache/huggingface"]] == "nerflow-hf-cache"
     assert container["resources"]["limits"]["memory"] == "{{ memory_limit }}"
     assert pod["automountServiceAccountToken"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True
+        and container["securityContext"]["allowPrivilegeEscalation"] is False
+    )
     assert {"name": "NERFLOW_ALLOWED_ROOTS", "value": "/home/nerflow/work"} in container["env"]  # the operator's policy
     variables = template["variables"]["properties"]
     assert {"gpus_per_pod", "memory_limit"} <= set(variables) and all(variables[v]["description"] for v in variables)

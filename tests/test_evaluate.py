@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import prepare, train
-from tasks.decoding import decode
-from tasks.evaluate import evaluate_model, predict_splits
-from tasks.metrics import seqeval_scores, word_level_sequences
+from nerflow.tasks.evaluate import evaluate_model, predict_splits
+from nerflow.tasks.scoring.decoding import decode
+from nerflow.tasks.scoring.metrics import seqeval_scores, word_level_sequences
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,14 @@ def test_scores_are_the_decoded_predictions_scored_by_seqeval(trained, tmp_path)
     argmax = evaluate_model(model, tokenized, tmp_path / "argmax", 8, "argmax")
     for decoding, ev in (("iob2", iob2), ("argmax", argmax)):
         expected = seqeval_scores(*word_level_sequences(predictions.word_scores, gold, tokenized.label_names, decoding))
-        assert ev.test["f1"] == pytest.approx(expected["f1"]) and ev.test["precision"] == pytest.approx(expected["precision"])
+        assert ev.test["f1"] == pytest.approx(expected["f1"]) and ev.test["precision"] == pytest.approx(
+            expected["precision"]
+        )
     # Either way, both decodings are reported: the argmax run's headline is the IOB2 run's comparison.
     assert iob2.word_level_argmax["test"]["f1"] == pytest.approx(argmax.test["f1"])
     # IOB2 decoding only ever outputs valid sequences.
     names = tokenized.label_names
     for tags in decode(predictions.word_scores, names, "iob2"):
-        assert all(not names[t].startswith("I-") or (i and names[tags[i - 1]][2:] == names[t][2:]) for i, t in enumerate(tags))
+        assert all(
+            not names[t].startswith("I-") or (i and names[tags[i - 1]][2:] == names[t][2:]) for i, t in enumerate(tags)
+        )

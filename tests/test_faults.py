@@ -36,9 +36,13 @@ pytestmark = pytest.mark.slow  # a real Prefect server, work pool, deployments a
 def stack(tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("faults")
     spec = deployment_spec(root, tiny_bert)
-    spec["deployments"] = [d for d in spec["deployments"] if d["name"] in ("wikiann-bn", "sample-training", "crash-recovery")]
+    spec["deployments"] = [
+        d for d in spec["deployments"] if d["name"] in ("wikiann-bn", "sample-training", "crash-recovery")
+    ]
     spec["deployments"][0]["schedules"], spec["deployments"][0]["triggers"] = [], []
-    proc, port = start_serve(root, spec, {"PREFECT_SERVER_API_AUTH_STRING": AUTH, "PREFECT_WORKER_PREFETCH_SECONDS": "5"})
+    proc, port = start_serve(
+        root, spec, {"PREFECT_SERVER_API_AUTH_STRING": AUTH, "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+    )
     yield {"api": f"http://127.0.0.1:{port}/api", "root": root, "tiny_bert": tiny_bert, "proc": proc}
     assert stop_serve(proc) == 0
 
@@ -52,9 +56,16 @@ def test_a_training_run_killed_mid_epoch_is_restarted_once_and_resumes(stack):
     wait_for("a sealed checkpoint", lambda: sealed_checkpoints(stack, "killed-mid-epoch"))
     for pid in flow_run_processes(run_id):
         os.kill(pid, signal.SIGKILL)
-    wait_for("the crash", lambda: read_run(stack, run_id)["run_count"] >= 2 or read_run(stack, run_id)["state_type"] == "CRASHED")
-    final = wait_for("the restarted run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED") and r)
-    assert final["state_type"] == "COMPLETED" and final["run_count"] == 2, "\n".join([f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]])
+    wait_for(
+        "the crash",
+        lambda: read_run(stack, run_id)["run_count"] >= 2 or read_run(stack, run_id)["state_type"] == "CRASHED",
+    )
+    final = wait_for(
+        "the restarted run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED") and r
+    )
+    assert final["state_type"] == "COMPLETED" and final["run_count"] == 2, "\n".join(
+        [f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]]
+    )
     assert any(m.startswith("resuming training from") for m in run_logs(stack, run_id))
     (model,) = (stack["root"] / "runs").glob("*-killed-mid-epoch/model/model.safetensors")
     assert json.loads((model.parent.parent / "train_log.json").read_text())[-1]["epoch"] == 3.0
@@ -76,29 +87,41 @@ def test_a_run_whose_worker_and_process_vanish_is_found_by_its_missing_heartbeat
     assert read_run(stack, run_id)["state_type"] == "RUNNING"  # nothing was left to report it
     final = wait_for("the recovered run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED") and r,
                      timeout_s=SILENT_AFTER_S + HEARTBEAT_S + 300)  # fmt: skip
-    assert final["state_type"] == "COMPLETED" and final["run_count"] == 2, "\n".join([f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]])
+    assert final["state_type"] == "COMPLETED" and final["run_count"] == 2, "\n".join(
+        [f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]]
+    )
     status, states = api(stack["api"], "GET", f"/flow_run_states/?flow_run_id={run_id}")
-    assert any("after its heartbeats stopped" in (s.get("message") or "") for s in states), [s.get("message") for s in states]
+    assert any("after its heartbeats stopped" in (s.get("message") or "") for s in states), [
+        s.get("message") for s in states
+    ]
     assert any(m.startswith("resuming training from") for m in run_logs(stack, run_id))
 
 
 def test_a_server_killed_while_a_run_trains_is_restarted_and_the_run_completes(stack):
     run_id = long_run(stack, "server-restart")
-    state = lambda: {k: read_run(stack, run_id)[k] for k in ("state_type", "state_name", "run_count", "work_queue_name")}  # noqa: E731
+
+    def state() -> dict:
+        return {k: read_run(stack, run_id)[k] for k in ("state_type", "state_name", "run_count", "work_queue_name")}
+
     wait_for("training to start", lambda: sealed_checkpoints(stack, "server-restart"), describe=state)
     server_pid = int((stack["root"] / "work" / "server.pid").read_text())
     os.kill(server_pid, signal.SIGKILL)
     wait_for("a new server", lambda: int((stack["root"] / "work" / "server.pid").read_text()) != server_pid)
     wait_for("the new server to answer", lambda: server_answers(stack), timeout_s=120)
-    final = wait_for("the run", lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r)
-    assert final["state_type"] == "COMPLETED" and final["run_count"] == 1, "\n".join([f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]])
+    final = wait_for(
+        "the run",
+        lambda: (r := read_run(stack, run_id))["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r,
+    )
+    assert final["state_type"] == "COMPLETED" and final["run_count"] == 1, "\n".join(
+        [f"{final['state']['name']}: {final['state']['message']}", *run_logs(stack, run_id)[-15:]]
+    )
     assert list((stack["root"] / "runs").glob("*-server-restart/model/model.safetensors"))
 
 
 def test_a_hung_server_is_killed_and_started_again(stack):
     """SIGSTOP: the server is there but answers nothing, as a deadlocked or swapping one. `nerflow
     serve` notices from its failing health checks, kills it, starts another; the API answers again."""
-    from flows.serve import HEALTH_EVERY_S, HEALTH_FAILURES
+    from nerflow.flows.cli.serve import HEALTH_EVERY_S, HEALTH_FAILURES
 
     hung = int((stack["root"] / "work" / "server.pid").read_text())
     os.kill(hung, signal.SIGSTOP)

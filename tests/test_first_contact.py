@@ -21,7 +21,14 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 def nerflow(*args: str, cwd: Path, timeout: int = 120) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | OFFLINE
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "nerflow.flows.cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return out, time.monotonic() - started
 
 
@@ -52,22 +59,46 @@ def test_the_demo_config_reads_its_paths_from_its_own_folder(tmp_path):
 @pytest.mark.parametrize(
     "setting, expected",
     [
-        ("dataset.source=data/wikiann_en_sample", "dataset.source 'data/wikiann_en_sample' is not a folder here and not in the local Hugging Face cache"),
-        ("model.checkpoint=bert-base-multilingual-caesd", "model.checkpoint 'bert-base-multilingual-caesd' is not a folder here and not in the local Hugging Face cache"),
-        ("model.checkpoint=package:not_a_model_package", "model.checkpoint 'package:not_a_model_package': no installed package not_a_model_package"),
-        ("train.num_train_epochs=1", "train.num_train_epochs: not a nerflow setting; did you mean train.epochs? (num_train_epochs is transformers' name)"),
-        ("train.trainer_args.torch_empty_cache_steps=-1", "train.trainer_args: `torch_empty_cache_steps` must be an integer bigger than 0, got -1."),
+        (
+            "dataset.source=data/wikiann_en_sample",
+            "dataset.source 'data/wikiann_en_sample' is not a folder here and not in the local Hugging Face cache",
+        ),
+        (
+            "base_model.name=bert-base-multilingual-caesd",
+            "base_model.name 'bert-base-multilingual-caesd' is not a folder here and not in the local Hugging Face cache",
+        ),
+        (
+            "base_model.name=package:not_a_model_package",
+            "base_model.name 'package:not_a_model_package': no installed package not_a_model_package",
+        ),
+        (
+            "train.num_train_epochs=1",
+            "train.num_train_epochs: not a nerflow setting; did you mean train.epochs? (num_train_epochs is transformers' name)",
+        ),
+        (
+            "train.trainer_args.torch_empty_cache_steps=-1",
+            "train.trainer_args: `torch_empty_cache_steps` must be an integer bigger than 0, got -1.",
+        ),
     ],
 )
 def test_a_wrong_path_id_or_name_is_one_line_in_seconds(tmp_path, setting, expected):
     sample = ["--set", f"dataset.source={SAMPLE_DIR}"] if not setting.startswith("dataset.source") else []
-    out, seconds = nerflow("train", *sample, "--set", setting, cwd=tmp_path)  # from a folder holding nothing of nerflow's
+    out, seconds = nerflow(
+        "train", *sample, "--set", setting, cwd=tmp_path
+    )  # from a folder holding nothing of nerflow's
     refused_in_seconds(out, seconds, expected)
 
 
 def test_label_names_that_contradict_labels_txt_are_refused(tmp_path):
     labels = (SAMPLE_DIR / "labels.txt").read_text().split()
-    out, seconds = nerflow("train", "--set", f"dataset.source={SAMPLE_DIR}", "--set", f"dataset.label_names=[{', '.join(reversed(labels))}]", cwd=tmp_path)
+    out, seconds = nerflow(
+        "train",
+        "--set",
+        f"dataset.source={SAMPLE_DIR}",
+        "--set",
+        f"dataset.label_names=[{', '.join(reversed(labels))}]",
+        cwd=tmp_path,
+    )
     refused_in_seconds(out, seconds, "contradicts")
 
 

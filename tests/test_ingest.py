@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.settings import DatasetSettings
-from tasks.errors import DatasetValidationError
-from tasks.ingest import ingest_dataset
-from tasks.validation import derive_label_names, entity_types
+from nerflow.tasks.data.checks import derive_label_names, entity_types
+from nerflow.tasks.ingest import ingest_dataset
+from nerflow.tasks.runtime.errors import DatasetValidationError
+from nerflow.tasks.settings import DatasetSettings
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 GOOD = [
@@ -96,11 +96,16 @@ def test_all_problems_reported_together(tmp_path):
         ingest(tmp_path, make_folder(tmp_path, train=bad))
     # One line for the 30 like problems: how many names there are, which ids the tags use, the first.
     assert "(30 problem(s))" in str(err.value) and len(str(err.value).splitlines()) == 2
-    assert "labels.txt has 7 names (ids 0..6); the tags use ids up to 99: 30 tag(s) without a name, the first: " in str(err.value)
+    assert "labels.txt has 7 names (ids 0..6); the tags use ids up to 99: 30 tag(s) without a name, the first: " in str(
+        err.value
+    )
 
 
 def test_iob_violations_are_counted_not_fatal(tmp_path):
-    rows = GOOD + [{"tokens": ["the", "Oslo", "Fjord"], "ner_tags": [0, 6, 6]}, {"tokens": ["A", "B"], "ner_tags": [1, 4]}]
+    rows = GOOD + [
+        {"tokens": ["the", "Oslo", "Fjord"], "ner_tags": [0, 6, 6]},
+        {"tokens": ["A", "B"], "ner_tags": [1, 4]},
+    ]
     ref = ingest(tmp_path, make_folder(tmp_path, train=rows))
     assert ref.iob_violations == {"train": 2, "validation": 0, "test": 0}
     train = next(p for p in ref.profile if p["split"] == "train")
@@ -184,7 +189,10 @@ def test_hub_loader_reads_classlabel_names(tmp_path):
     import datasets
 
     features = datasets.Features(
-        {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(datasets.ClassLabel(names=LABELS))}
+        {
+            "tokens": datasets.List(datasets.Value("string")),
+            "ner_tags": datasets.List(datasets.ClassLabel(names=LABELS)),
+        }
     )
     repo = tmp_path / "hub-repo"
     repo.mkdir()

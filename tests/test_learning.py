@@ -3,9 +3,8 @@ and `nerflow predict` must print the entities it finds."""
 
 import json
 
-from tasks.evaluate import evaluate_model
-
 from conftest import prepare, train, write_synthetic_dataset
+from nerflow.tasks.evaluate import evaluate_model
 
 
 def test_tiny_bert_learns_and_predict_prints_entities(tiny_settings, tmp_path, capsys):
@@ -21,7 +20,7 @@ def test_tiny_bert_learns_and_predict_prints_entities(tiny_settings, tmp_path, c
     evaluation = evaluate_model(model, tokenized, run_dir)
     assert evaluation.test["f1"] > 0.9, evaluation.test
 
-    from flows.cli import main
+    from nerflow.flows.cli.main import main
 
     capsys.readouterr()  # drop what training printed
     assert main(["predict", model.path, "Maria works in Berlin .", "--json"]) == 0

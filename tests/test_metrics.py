@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from seqeval.metrics import f1_score
 
-from tasks.inference import first_subword_positions
-from tasks.metrics import seqeval_scores, subword_level_sequences, word_level_sequences
+from nerflow.tasks.scoring.inference import first_subword_positions
+from nerflow.tasks.scoring.metrics import seqeval_scores, subword_level_sequences, word_level_sequences
 
 NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 # s1 "John Smith(2 pieces) lives in Paris"; s2 "Berlin is big"; s3 truncated after 2 of 3 words.
@@ -14,7 +14,7 @@ PRED = [[0, 1, 2, 0, 0, 0, 3, 0], [0, 1, 0, 0, 0], [0, 1, 0, 0]]
 
 def word_scores(pred_ids, word_ids, n_words):
     """Log-probabilities certain of each subword's predicted label, read at first subwords as
-    tasks.inference does (a word without a subword is certain to be O)."""
+    nerflow.tasks.scoring.inference does (a word without a subword is certain to be O)."""
     scores = np.full((n_words, len(NAMES)), -1e4, dtype=np.float32)
     for w, pos in enumerate(first_subword_positions(word_ids, n_words)):
         scores[w, pred_ids[pos] if pos >= 0 else 0] = 0.0

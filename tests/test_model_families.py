@@ -5,12 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_roberta, build_tiny_sentencepiece, prepare, tiny_run_settings, train, write_synthetic_dataset
-from flows.settings import ModelSettings
-from tasks.errors import InputError
-from tasks.evaluate import evaluate_model
-from tasks.predict import NerPredictor
-from tasks.train import pretrained_network
+from conftest import (
+    build_tiny_roberta,
+    build_tiny_sentencepiece,
+    prepare,
+    tiny_run_settings,
+    train,
+    write_synthetic_dataset,
+)
+from nerflow.tasks.evaluate import evaluate_model
+from nerflow.tasks.prediction.tagger import NerPredictor
+from nerflow.tasks.runtime.errors import InputError
+from nerflow.tasks.settings import BaseModelSettings
+from nerflow.tasks.train import pretrained_network
 
 BUILDERS = {
     "roberta": build_tiny_roberta,
@@ -32,7 +39,11 @@ def test_a_family_trains_scores_and_predicts_per_word(family, tmp_path):
     dataset, tokenized = prepare(settings)
     # Every word starts a subword of its own and carries its tag there: no word lost to the tokenizer.
     first = tokenized.load()["train"][0]
-    starts = [pos for pos, w in enumerate(first["word_ids"]) if w is not None and (pos == 0 or first["word_ids"][pos - 1] != w)]
+    starts = [
+        pos
+        for pos, w in enumerate(first["word_ids"])
+        if w is not None and (pos == 0 or first["word_ids"][pos - 1] != w)
+    ]
     assert [first["labels"][p] for p in starts] == first["word_labels"] and len(starts) == len(first["word_labels"])
     assert tokenized.stats["train"]["words_without_subword"] == 0
     model = train(settings, tokenized, tmp_path / "runs" / family)
@@ -42,11 +53,14 @@ def test_a_family_trains_scores_and_predicts_per_word(family, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ner_checkpoint(tiny_bert, tmp_path_factory):
+def ner_base_model(tiny_bert, tmp_path_factory):
     """A token-classification checkpoint with labels O, B-LOC, I-LOC, B-PER, I-PER (no ORG)."""
     root = tmp_path_factory.mktemp("ner-checkpoint")
     settings = tiny_run_settings(
-        tiny_bert, root / "runs", dataset={"source": str(write_synthetic_dataset(root / "synthetic")), "max_train_samples": None}, train={"epochs": 1}
+        tiny_bert,
+        root / "runs",
+        dataset={"source": str(write_synthetic_dataset(root / "synthetic")), "max_train_samples": None},
+        train={"epochs": 1},
     )
     _, tokenized = prepare(settings)
     return train(settings, tokenized, root / "runs" / "ner")
@@ -56,28 +70,33 @@ WIKIANN = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 
 
 def head(network) -> dict[str, np.ndarray]:
-    return {network.config.id2label[i]: network.classifier.weight[i].detach().numpy() for i in range(network.config.num_labels)}
+    return {
+        network.config.id2label[i]: network.classifier.weight[i].detach().numpy()
+        for i in range(network.config.num_labels)
+    }
 
 
-def test_a_ner_checkpoint_keeps_the_rows_of_the_labels_it_shares(ner_checkpoint):
-    from tasks.checkpoints import load_network
+def test_a_ner_checkpoint_keeps_the_rows_of_the_labels_it_shares(ner_base_model):
+    from nerflow.tasks.training.pretrained import load_network
 
-    before = head(load_network(ner_checkpoint.path))
-    network = pretrained_network(ModelSettings(checkpoint=ner_checkpoint.path), WIKIANN)
+    before = head(load_network(ner_base_model.path))
+    network = pretrained_network(BaseModelSettings(name=ner_base_model.path), WIKIANN)
     after = head(network)
     assert list(after) == WIKIANN and network.config.label2id == {n: i for i, n in enumerate(WIKIANN)}
     for label in ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"):
         assert np.array_equal(after[label], before[label]), label
     assert not any(np.array_equal(after["B-ORG"], row) for row in before.values())
-    fresh = head(pretrained_network(ModelSettings(checkpoint=ner_checkpoint.path, head="fresh"), WIKIANN))
+    fresh = head(pretrained_network(BaseModelSettings(name=ner_base_model.path, head="fresh"), WIKIANN))
     assert not any(np.array_equal(fresh["B-PER"], row) for row in before.values())
 
 
-def test_label_mapping_continues_differently_named_labels(ner_checkpoint):
-    from tasks.checkpoints import load_network
+def test_label_mapping_continues_differently_named_labels(ner_base_model):
+    from nerflow.tasks.training.pretrained import load_network
 
-    before = head(load_network(ner_checkpoint.path))
-    mapped = pretrained_network(ModelSettings(checkpoint=ner_checkpoint.path, label_mapping={"B-ORG": "B-LOC", "I-ORG": "I-LOC"}), WIKIANN)
+    before = head(load_network(ner_base_model.path))
+    mapped = pretrained_network(
+        BaseModelSettings(name=ner_base_model.path, label_mapping={"B-ORG": "B-LOC", "I-ORG": "I-LOC"}), WIKIANN
+    )
     assert np.array_equal(head(mapped)["B-ORG"], before["B-LOC"])
 
 
@@ -89,15 +108,15 @@ def test_label_mapping_continues_differently_named_labels(ner_checkpoint):
         ({"head": "reuse"}, "dataset labels ['B-ORG', 'I-ORG'] match no label of"),
     ],
 )
-def test_labels_that_do_not_match_are_a_clear_error(ner_checkpoint, model, says):
+def test_labels_that_do_not_match_are_a_clear_error(ner_base_model, model, says):
     with pytest.raises(InputError, match=None) as err:
-        pretrained_network(ModelSettings(checkpoint=ner_checkpoint.path, **model), WIKIANN)
+        pretrained_network(BaseModelSettings(name=ner_base_model.path, **model), WIKIANN)
     assert says in str(err.value)
 
 
 def test_a_checkpoint_without_a_head_cannot_be_mapped(tiny_bert):
     with pytest.raises(InputError, match="has no token-classification head"):
-        pretrained_network(ModelSettings(checkpoint=str(tiny_bert), label_mapping={"B-PER": "B-PER"}), WIKIANN)
+        pretrained_network(BaseModelSettings(name=str(tiny_bert), label_mapping={"B-PER": "B-PER"}), WIKIANN)
     torch.manual_seed(0)
-    network = pretrained_network(ModelSettings(checkpoint=str(tiny_bert)), WIKIANN)
+    network = pretrained_network(BaseModelSettings(name=str(tiny_bert)), WIKIANN)
     assert network.config.num_labels == 7 and list(network.config.label2id) == WIKIANN

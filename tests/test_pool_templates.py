@@ -13,7 +13,7 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.utilities.schema_tools import ValidationError, validate
 
-from flows.pools import POOL_TYPES, fix_operator_values, load_template
+from nerflow.flows.cli.pools import POOL_TYPES, fix_operator_values, load_template
 
 ATTACKS = {
     "command": "sh -c 'id > /tmp/owned'",
@@ -48,7 +48,14 @@ def configuration_class(kind: str):
 def server_validation(kind: str, job_variables: dict) -> str | None:
     """What the Prefect server says of a flow run's job variables (the check behind create_flow_run)."""
     try:
-        validate(job_variables, load_template(kind)["variables"], raise_on_error=True, preprocess=True, ignore_required=False, allow_none_with_default=True)
+        validate(
+            job_variables,
+            load_template(kind)["variables"],
+            raise_on_error=True,
+            preprocess=True,
+            ignore_required=False,
+            allow_none_with_default=True,
+        )
     except ValidationError as e:
         return str(e)
     return None
@@ -82,7 +89,16 @@ def rendered(kind: str, job_variables: dict):
 def test_job_variables_past_the_server_change_nothing_the_operator_fixed(kind, monkeypatch):
     monkeypatch.setenv("NERFLOW_ALLOWED_ROOTS", "/srv/nerflow")  # the worker's own environment (process pool)
     plain, attacked = rendered(kind, {}), rendered(kind, ATTACKS)
-    fixed = ("image", "privileged", "volumes", "container_create_kwargs", "namespace", "cluster_config", "working_dir", "job_manifest")
+    fixed = (
+        "image",
+        "privileged",
+        "volumes",
+        "container_create_kwargs",
+        "namespace",
+        "cluster_config",
+        "working_dir",
+        "job_manifest",
+    )
     for field in fixed:
         if hasattr(plain, field):
             assert getattr(attacked, field) == getattr(plain, field) or field == "job_manifest", (kind, field)
@@ -94,7 +110,10 @@ def test_job_variables_past_the_server_change_nothing_the_operator_fixed(kind, m
         assert {"name": "NERFLOW_ALLOWED_ROOTS", "value": "/home/nerflow/work"} in container["env"]
         assert {"name": "NERFLOW_ALLOWED_ROOTS", "value": "/"} not in container["env"]
         assert attacked.job_manifest["metadata"]["namespace"] == "nerflow"
-        assert attacked.job_manifest["spec"]["template"]["spec"]["tolerations"] == plain.job_manifest["spec"]["template"]["spec"]["tolerations"]
+        assert (
+            attacked.job_manifest["spec"]["template"]["spec"]["tolerations"]
+            == plain.job_manifest["spec"]["template"]["spec"]["tolerations"]
+        )
 
 
 def test_what_a_run_may_set_reaches_the_job():
@@ -106,9 +125,23 @@ def test_what_a_run_may_set_reaches_the_job():
 
 
 def test_the_operator_fixes_image_namespace_and_working_folder():
-    k8s = fix_operator_values(load_template("kubernetes"), "kubernetes", {"image": "registry.team/nerflow:1.2", "namespace": "ml"})
-    assert k8s["job_configuration"]["namespace"] == k8s["job_configuration"]["job_manifest"]["metadata"]["namespace"] == "ml"
-    assert k8s["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.team/nerflow:1.2"
-    assert fix_operator_values(load_template("process"), "process", {"working_dir": "/srv/nerflow"})["job_configuration"]["working_dir"] == "/srv/nerflow"
+    k8s = fix_operator_values(
+        load_template("kubernetes"), "kubernetes", {"image": "registry.team/nerflow:1.2", "namespace": "ml"}
+    )
+    assert (
+        k8s["job_configuration"]["namespace"]
+        == k8s["job_configuration"]["job_manifest"]["metadata"]["namespace"]
+        == "ml"
+    )
+    assert (
+        k8s["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "registry.team/nerflow:1.2"
+    )
+    assert (
+        fix_operator_values(load_template("process"), "process", {"working_dir": "/srv/nerflow"})["job_configuration"][
+            "working_dir"
+        ]
+        == "/srv/nerflow"
+    )
     with pytest.raises(ValueError, match="takes \\['working_dir'\\] from its operator, not 'image'"):
         fix_operator_values(load_template("process"), "process", {"image": "x"})

@@ -11,9 +11,8 @@ import random
 
 import pytest
 
-from tasks.predict import Document, NerPredictor, split_words, word_windows
-
 from conftest import PEOPLE, PLACES, VERBS, prepare, synthetic_rows, train
+from nerflow.tasks.prediction.tagger import Document, NerPredictor, split_words, word_windows
 
 
 def write_running_text(folder, n_train: int = 200):
@@ -66,7 +65,7 @@ def test_windows_cover_every_word_within_budget_and_overlap():
 
 
 def test_split_words_keeps_character_offsets():
-    text = "  (Maria) works in \"New York\", today."
+    text = '  (Maria) works in "New York", today.'
     words = split_words(text)
     assert [w for w, _, _ in words] == ["(", "Maria", ")", "works", "in", '"', "New", "York", '"', ",", "today", "."]
     assert all(text[s:e] == w for w, s, e in words)
@@ -80,7 +79,9 @@ def names_told_apart_by_first_subword(model_dir: str) -> tuple[list[str], list[s
 
     first = AutoTokenizer.from_pretrained(model_dir).tokenize
     people_firsts, place_firsts = {first(p)[0] for p in PEOPLE}, {first(c)[0] for c in PLACES}
-    return [p for p in PEOPLE if first(p)[0] not in place_firsts], [c for c in PLACES if first(c)[0] not in people_firsts]
+    return [p for p in PEOPLE if first(p)[0] not in place_firsts], [
+        c for c in PLACES if first(c)[0] not in people_firsts
+    ]
 
 
 def test_a_2000_word_document_gets_every_entity_once_up_to_its_last_paragraph(model_dir):
@@ -117,7 +118,9 @@ def test_pre_split_words_get_indices_of_the_words_given(model_dir):
 def write_inputs(folder, facts):
     texts = [f"{p} {v} in {c} ." for p, v, c in facts]
     (folder / "docs.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    rows = [{"id": f"d{i}", "tokens": t.split(), "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"]} for i, t in enumerate(texts)]
+    rows = [
+        {"id": f"d{i}", "tokens": t.split(), "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"]} for i, t in enumerate(texts)
+    ]
     (folder / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     conll = "\n".join("\n".join(f"{w} {t}" for w, t in zip(r["tokens"], r["ner_tags"])) + "\n" for r in rows)
     (folder / "docs.conll").write_text(conll, encoding="utf-8")
@@ -129,7 +132,7 @@ def read_jsonl(path):
 
 
 def test_every_input_format_gives_the_same_entities_per_line(model_dir, tmp_path):
-    from tasks.predict_io import predict_file
+    from nerflow.tasks.prediction.files import predict_file
 
     facts = sentences(50, seed=4)
     texts = write_inputs(tmp_path, facts)
@@ -140,7 +143,9 @@ def test_every_input_format_gives_the_same_entities_per_line(model_dir, tmp_path
         assert summary["documents"] == 50 and len(outputs[name]) == 50
     assert [o["text"] for o in outputs["docs.txt"]] == texts
     assert [o["id"] for o in outputs["docs.jsonl"]] == [f"d{i}" for i in range(50)]
-    for text_line, words_line, conll_line, (p, _, c) in zip(outputs["docs.txt"], outputs["docs.jsonl"], outputs["docs.conll"], facts):
+    for text_line, words_line, conll_line, (p, _, c) in zip(
+        outputs["docs.txt"], outputs["docs.jsonl"], outputs["docs.conll"], facts
+    ):
         assert [(e["entity"], e["text"]) for e in text_line["entities"]] == [("PER", p), ("LOC", c)]
         assert [(e["start_word"], e["end_word"]) for e in words_line["entities"]] == [(0, 1), (3, 4)]
         assert words_line["entities"] == conll_line["entities"]
@@ -149,7 +154,7 @@ def test_every_input_format_gives_the_same_entities_per_line(model_dir, tmp_path
 def test_labelled_mode_scores_the_predictions_it_wrote(model_dir, tmp_path):
     from seqeval.metrics import f1_score
 
-    from tasks.predict_io import predict_file
+    from nerflow.tasks.prediction.files import predict_file
 
     facts = sentences(40, seed=5)
     write_inputs(tmp_path, facts)
@@ -163,15 +168,17 @@ def test_labelled_mode_scores_the_predictions_it_wrote(model_dir, tmp_path):
     for line in read_jsonl(out):
         tags = ["O"] * len(line["tokens"])
         for e in line["entities"]:
-            tags[e["start_word"] : e["end_word"]] = [f"B-{e['entity']}"] + [f"I-{e['entity']}"] * (e["end_word"] - e["start_word"] - 1)
+            tags[e["start_word"] : e["end_word"]] = [f"B-{e['entity']}"] + [f"I-{e['entity']}"] * (
+                e["end_word"] - e["start_word"] - 1
+            )
         predicted.append(tags)
     assert scores["f1"] == pytest.approx(f1_score([r["ner_tags"] for r in gold], predicted), abs=1e-9)
     assert 0.9 < scores["f1"] < 1.0 and summary["f1"] == scores["f1"] and set(scores["per_entity"]) == {"PER", "LOC"}
 
 
 def test_labelled_mode_names_the_document_whose_tags_do_not_fit(model_dir, tmp_path):
-    from tasks.errors import InputError
-    from tasks.predict_io import predict_file
+    from nerflow.tasks.prediction.files import predict_file
+    from nerflow.tasks.runtime.errors import InputError
 
     (tmp_path / "bad.jsonl").write_text(json.dumps({"tokens": ["Maria", "works"], "ner_tags": ["B-PER"]}) + "\n")
     with pytest.raises(InputError, match=r"bad.jsonl, document 0: --labelled needs one tag per word"):
@@ -180,11 +187,14 @@ def test_labelled_mode_names_the_document_whose_tags_do_not_fit(model_dir, tmp_p
 
 
 def test_cli_predicts_a_file_with_a_progress_bar(model_dir, tmp_path, capsys):
-    from flows.cli import main
+    from nerflow.flows.cli.main import main
 
     write_inputs(tmp_path, sentences(30, seed=6))
     out = tmp_path / "cli.jsonl"
-    assert main(["predict", model_dir, "--input", str(tmp_path / "docs.txt"), "--output", str(out), "--batch-size", "4"]) == 0
+    assert (
+        main(["predict", model_dir, "--input", str(tmp_path / "docs.txt"), "--output", str(out), "--batch-size", "4"])
+        == 0
+    )
     captured = capsys.readouterr()
     assert "predicting" in captured.err and "documents: 30" in captured.out
     assert len(read_jsonl(out)) == 30
@@ -193,11 +203,14 @@ def test_cli_predicts_a_file_with_a_progress_bar(model_dir, tmp_path, capsys):
 
 
 def test_labelled_input_is_checked_before_the_model_runs_and_nothing_is_written(model_dir, tmp_path, monkeypatch):
-    from tasks.errors import InputError
-    from tasks.predict import NerPredictor
-    from tasks.predict_io import predict_file
+    from nerflow.tasks.prediction.files import predict_file
+    from nerflow.tasks.prediction.tagger import NerPredictor
+    from nerflow.tasks.runtime.errors import InputError
 
-    rows = [{"tokens": [p, v, "in", c, "."], "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"]} for p, v, c in sentences(30, seed=8)]
+    rows = [
+        {"tokens": [p, v, "in", c, "."], "ner_tags": ["B-PER", "O", "O", "B-LOC", "O"]}
+        for p, v, c in sentences(30, seed=8)
+    ]
     rows[29]["ner_tags"] = ["B-PER", "O", "O", "B-TIME", "O"]  # the last document: a tag the model has not
     (tmp_path / "gold.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ran = []
@@ -210,7 +223,7 @@ def test_labelled_input_is_checked_before_the_model_runs_and_nothing_is_written(
 def test_a_conll_txt_is_read_as_conll_and_tags_are_written_in_the_scheme_asked_for(model_dir, tmp_path):
     """CoNLL-2003 style (IOB1, space-separated, -DOCSTART-) in a .txt: read as word-per-line blocks, its
     IOB1 gold converted for scoring; tags written back in IOB1 or BIOES on request, one entity per span."""
-    from tasks.predict_io import predict_file
+    from nerflow.tasks.prediction.files import predict_file
 
     facts = sentences(20, seed=9)
     lines = ["-DOCSTART- -X- -X- O", ""]
@@ -228,7 +241,7 @@ def test_a_conll_txt_is_read_as_conll_and_tags_are_written_in_the_scheme_asked_f
 
 
 def test_cli_options_may_come_anywhere_on_the_line(model_dir, capsys):
-    from flows.cli import main
+    from nerflow.flows.cli.main import main
 
     assert main(["predict", model_dir, "--json", "Maria lives in Paris ."]) == 0
     first = json.loads(capsys.readouterr().out)

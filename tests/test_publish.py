@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_DIR
-from flows.settings import PublishSettings, RunSettings
-from tasks.publish import PublishError, publish_run, publish_to_s3, s3_published_f1
 from hub_standin import HubStandIn
-from tasks.publish import model_digest
+from nerflow.tasks.publish import publish_run
+from nerflow.tasks.publishing.hub import model_digest
+from nerflow.tasks.publishing.s3 import publish_to_s3, s3_published_f1
+from nerflow.tasks.runtime.errors import PublishError
+from nerflow.tasks.settings import PublishSettings, RunSettings
 
 pytestmark = pytest.mark.slow  # moto's S3 server and the Hub stand-in, full flow runs
 
@@ -33,15 +35,15 @@ def prefect_server():
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_bert) -> Path:
     """A real, finished run folder from the plain step functions (tiny BERT, 64 sentences)."""
-    from tasks.card import render_model_card
-    from tasks.evaluate import evaluate_model
     from conftest import SAMPLE_DIR, prepare, train
+    from nerflow.tasks.card import render_model_card
+    from nerflow.tasks.evaluate import evaluate_model
 
     root = tmp_path_factory.mktemp("published")
     s = RunSettings.model_validate(
         {
             "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 64, "max_eval_samples": 32, "language": "en"},
-            "model": {"checkpoint": str(tiny_bert), "base_model_id": "prajjwal1/bert-tiny"},
+            "base_model": {"name": str(tiny_bert), "hub_id": "prajjwal1/bert-tiny"},
             "tokenize": {"max_length": 64},
             "train": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-3},
             "output_dir": str(root),
@@ -127,14 +129,19 @@ def test_hub_publish_commits_once_per_run(finished_run, hub):
     assert result.published and result.hub_new_commit
     (commit,) = hub.commits("nerflow/tiny-ner")
     assert result.hub_commit_url == f"{hub.url}/nerflow/tiny-ner/commit/{commit.oid}"
-    assert f"[nerflow run run-1 model {model_digest(finished_run / 'model')}]" in commit.title and "test F1" in commit.title
+    assert (
+        f"[nerflow run run-1 model {model_digest(finished_run / 'model')}]" in commit.title
+        and "test F1" in commit.title
+    )
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(commit.files)
     assert hub.repos["nerflow/tiny-ner"].private
     assert hub.repos["nerflow/tiny-ner"].tags == {"run-run-1": commit.oid}
 
     # The card came through intact: download it with the real client and read its model-index.
     api = HfApi(endpoint=hub.url, token=HF_TOKEN)
-    card = ModelCard.load(api.hf_hub_download("nerflow/tiny-ner", "README.md", local_dir=str(finished_run.parent / "dl")))
+    card = ModelCard.load(
+        api.hf_hub_download("nerflow/tiny-ner", "README.md", local_dir=str(finished_run.parent / "dl"))
+    )
     local = ModelCard.load(finished_run / "model" / "README.md")
     assert card.data.to_dict() == local.data.to_dict()
     assert [f.path for f in api.list_repo_tree("nerflow/tiny-ner")] == sorted(commit.files)
@@ -163,7 +170,11 @@ def test_a_retrained_run_publishes_its_new_weights_once_and_moves_its_tag(finish
     second = publish_run(run, settings, "tiny-ner", FAST)
     assert first.hub_new_commit and second.hub_new_commit and first.hub_commit_url != second.hub_commit_url
     old, new = hub.commits("nerflow/retrained")
-    assert new.files["model.safetensors"] == (run / "model" / "model.safetensors").read_bytes() != old.files["model.safetensors"]
+    assert (
+        new.files["model.safetensors"]
+        == (run / "model" / "model.safetensors").read_bytes()
+        != old.files["model.safetensors"]
+    )
     assert hub.repos["nerflow/retrained"].tags == {"run-run-R": new.oid}
     third = publish_run(run, settings, "tiny-ner", FAST)
     assert third.hub_new_commit is False and third.hub_commit_url == second.hub_commit_url
@@ -179,8 +190,20 @@ def test_two_publishes_of_one_run_at_once_make_one_commit(finished_run, hub, tmp
 
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env |= {"HF_ENDPOINT": hub.url, "HF_TOKEN": HF_TOKEN}
-    cmd = [sys.executable, "-m", "flows.cli", "publish", str(finished_run), "--target", "hub", "--repo-id", "nerflow/concurrent"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nerflow.flows.cli.main",
+        "publish",
+        str(finished_run),
+        "--target",
+        "hub",
+        "--repo-id",
+        "nerflow/concurrent",
+    ]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
     assert [code for code, _, _ in outs] == [0, 0], outs
     assert len(hub.commits("nerflow/concurrent")) == 1
@@ -222,11 +245,11 @@ def test_a_404_from_another_endpoint_is_not_reported_as_a_missing_repository(fin
     import httpx
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from tasks.publish import _explain_hub_error
+    from nerflow.tasks.publishing.hub import explain_hub_error
 
     request = httpx.Request("POST", f"{hub.url}/api/models/nerflow/absent/commit/main")
     missing = RepositoryNotFoundError("404 Repository Not Found", response=httpx.Response(404, request=request))
-    assert "nerflow/absent was not found (HTTP 404)" in str(_explain_hub_error(missing, "nerflow/absent", "hf-token"))
+    assert "nerflow/absent was not found (HTTP 404)" in str(explain_hub_error(missing, "nerflow/absent", "hf-token"))
 
 
 def test_gate_reads_the_published_card(finished_run, hub, tmp_path):
@@ -242,7 +265,9 @@ def test_gate_reads_the_published_card(finished_run, hub, tmp_path):
 
 def test_publish_gets_through_connections_dropped_without_an_answer(finished_run, hub):
     hub.drop_next_connections(2)  # a load balancer restarting: the first two requests get no response
-    result = publish_run(finished_run, PublishSettings(targets=["hub"], hub_repo_id="nerflow/dropped"), "tiny-ner", FAST)
+    result = publish_run(
+        finished_run, PublishSettings(targets=["hub"], hub_repo_id="nerflow/dropped"), "tiny-ner", FAST
+    )
     assert result.published and len(hub.commits("nerflow/dropped")) == 1
 
 
@@ -260,14 +285,14 @@ def test_a_run_published_as_a_pull_request_twice_opens_one_pull_request(finished
 def test_the_gate_is_decided_again_when_another_model_is_published_in_between(finished_run, hub, tmp_path, monkeypatch):
     """Publisher B reads the Hub's model (F1 x), another publisher then commits a much better model;
     B's commit names the commit it compared against, the Hub refuses it, B compares again and stops."""
-    import tasks.publish
+    import nerflow.tasks.publish
 
     repo = "nerflow/raced"
     settings = PublishSettings(targets=["hub"], hub_repo_id=repo, require_improvement=True)
     first = publish_run(finished_run, settings, "tiny-ner", FAST)
     better = copy_run(finished_run, tmp_path, "run-better", first.gate.new_f1 + 0.05)
     best = copy_run(finished_run, tmp_path, "run-best", first.gate.new_f1 + 0.2)
-    read = tasks.publish.hub_published_f1
+    read = nerflow.tasks.publish.hub_published_f1
     raced = []
 
     def read_then_lose_the_race(api, repo_id):
@@ -276,7 +301,7 @@ def test_the_gate_is_decided_again_when_another_model_is_published_in_between(fi
             raced.append(publish_run(best, PublishSettings(targets=["hub"], hub_repo_id=repo), "tiny-ner", FAST))
         return answer
 
-    monkeypatch.setattr(tasks.publish, "hub_published_f1", read_then_lose_the_race)
+    monkeypatch.setattr(nerflow.tasks.publish, "hub_published_f1", read_then_lose_the_race)
     result = publish_run(better, settings, "tiny-ner", FAST)
     assert not result.published and result.gate.published_f1 == pytest.approx(round(first.gate.new_f1 + 0.2, 4))
     titles = [c.title for c in hub.commits(repo)]
@@ -302,7 +327,7 @@ def test_s3_upload_writes_manifest_last_and_retry_completes(finished_run, s3):
     with pytest.raises(Exception, match="simulated outage"):
         publish_to_s3(finished_run, "run-1", "tiny-ner", 0.5, settings, client, backoff_base_s=FAST)
     partial = keys(client, bucket)
-    assert 0 < len(partial) and not any(k.endswith("manifest.json") for k in partial)
+    assert len(partial) > 0 and not any(k.endswith("manifest.json") for k in partial)
 
     client.meta.events.unregister("before-send.s3.PutObject", flaky_network)
     uri, new = publish_to_s3(finished_run, "run-1", "tiny-ner", 0.5, settings, client, backoff_base_s=FAST)
@@ -310,7 +335,9 @@ def test_s3_upload_writes_manifest_last_and_retry_completes(finished_run, s3):
     manifest = json.loads(client.get_object(Bucket=bucket, Key="nerflow/tiny-ner/run-1/manifest.json")["Body"].read())
     prefix = "nerflow/tiny-ner/run-1/"
     assert {prefix + f["path"] for f in manifest["files"]} | {prefix + "manifest.json"} == set(keys(client, bucket))
-    assert {"model/model.safetensors", "model/README.md", "metrics.json", "settings.json"} <= {f["path"] for f in manifest["files"]}
+    assert {"model/model.safetensors", "model/README.md", "metrics.json", "settings.json"} <= {
+        f["path"] for f in manifest["files"]
+    }
     for entry in manifest["files"]:
         body = client.get_object(Bucket=bucket, Key=prefix + entry["path"])["Body"].read()
         assert len(body) == entry["size"]
@@ -331,7 +358,9 @@ def test_s3_republishing_a_changed_run_never_changes_objects_under_an_existing_m
     assert again.s3_new_upload and again.s3_uri.startswith(first.s3_uri + "rev-")
     for key, body in before.items():  # the first upload and its manifest are untouched
         assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == body
-    manifest = json.loads(client.get_object(Bucket=bucket, Key=again.s3_uri.split(bucket + "/", 1)[1] + "manifest.json")["Body"].read())
+    manifest = json.loads(
+        client.get_object(Bucket=bucket, Key=again.s3_uri.split(bucket + "/", 1)[1] + "manifest.json")["Body"].read()
+    )
     assert manifest["test_f1"] == 0.99
     assert publish_run(changed, settings, "tiny-ner", FAST).s3_new_upload is False  # and it is idempotent
 
@@ -364,10 +393,23 @@ def test_s3_missing_bucket_fails_with_what_to_fix(finished_run, s3):
 
 
 def test_cli_publishes_an_existing_run(finished_run, hub, s3, capsys):
-    from flows.cli import main
+    from nerflow.flows.cli.main import main
 
     client, bucket = s3
-    code = main(["publish", str(finished_run), "--target", "hub", "--repo-id", "nerflow/cli", "--target", "s3", "--s3-uri", f"s3://{bucket}/cli"])
+    code = main(
+        [
+            "publish",
+            str(finished_run),
+            "--target",
+            "hub",
+            "--repo-id",
+            "nerflow/cli",
+            "--target",
+            "s3",
+            "--s3-uri",
+            f"s3://{bucket}/cli",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"{hub.url}/nerflow/cli/commit/" in out and f"s3://{bucket}/cli/tiny-ner/run-1/" in out
@@ -382,7 +424,7 @@ def test_secrets_never_reach_files_logs_or_artifacts(tiny_settings, hub, s3, mon
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 
-    from flows.finetune import finetune_ner
+    from nerflow.flows.finetune import finetune_ner
 
     client, bucket = s3
     Secret(value=HF_TOKEN).save("hf-token-test", overwrite=True)
@@ -439,31 +481,38 @@ def test_tokenize_loads_a_hub_tokenizer_through_dropped_connections(hub, tiny_be
     import huggingface_hub.constants
     from prefect import flow
 
-    from tasks.ingest import ingest_dataset
-    from tasks.tokenize import tokenize_task
+    from nerflow.tasks.ingest import ingest_dataset
+    from nerflow.tasks.refs import RunContext
+    from nerflow.tasks.tokenize import tokenize_task
 
     # Both are computed from HF_ENDPOINT when huggingface_hub is imported, before the stand-in exists.
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    hub.add_model_repo("nerflow/tiny-bert", {p.name: p.read_bytes() for p in tiny_bert.iterdir() if p.suffix != ".safetensors"})
+    hub.add_model_repo(
+        "nerflow/tiny-bert", {p.name: p.read_bytes() for p in tiny_bert.iterdir() if p.suffix != ".safetensors"}
+    )
     settings = RunSettings.model_validate(
         {
             "dataset": {"source": str(SAMPLE_DIR), "max_train_samples": 16, "max_eval_samples": 8},
-            "model": {"checkpoint": "nerflow/tiny-bert"},
+            "base_model": {"name": "nerflow/tiny-bert"},
             "output_dir": str(tmp_path / "runs"),
         }
     )
-    cache = str(settings.resolved_cache_dir())
+    ctx = RunContext.for_run(settings, "hub-tokenizer")
     dataset = ingest_dataset(settings.dataset, settings.resolved_cache_dir())
     hub.drop_next_connections(2)
 
     @flow
     def tokenize_only():
-        from tasks.caching import ensure_result_storage
+        from nerflow.tasks.runtime.caching import ensure_result_storage
 
         ensure_result_storage()  # what nerflow's flows do before their first cached step
-        return tokenize_task.with_options(retry_delay_seconds=0)(dataset, settings.model, settings.tokenize, cache, return_state=True)
+        return tokenize_task.with_options(retry_delay_seconds=0)(
+            dataset, settings.base_model, settings.tokenize, ctx, return_state=True
+        )
 
     state = tokenize_only()
     assert state.is_completed() and state.result().stats["train"]["sentences"] == 16
@@ -481,7 +530,7 @@ def test_predict_flow_reads_from_and_writes_to_s3(finished_run, s3):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from flows.predict import predict_ner
+    from nerflow.flows.predict import predict_ner
 
     client, bucket = s3
     test_rows = (SAMPLE_DIR / "test.jsonl").read_text(encoding="utf-8").splitlines()[:25]
@@ -504,7 +553,9 @@ def test_predict_flow_reads_from_and_writes_to_s3(finished_run, s3):
     async def artifact_keys() -> list[str]:
         run_id = state.state_details.flow_run_id
         async with get_client() as prefect:
-            found = await prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+            found = await prefect.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
         return [a.key for a in found]
 
     assert "prediction-summary" in asyncio.run(artifact_keys())
@@ -515,17 +566,19 @@ def test_a_mistyped_or_gated_checkpoint_is_one_line_from_the_hub_and_a_real_one_
     existing repository passes the check."""
     import huggingface_hub.constants
 
-    from tasks.checkpoints import check_checkpoint
-    from tasks.errors import InputError
-    from tasks.settings import ModelSettings
+    from nerflow.tasks.runtime.errors import InputError
+    from nerflow.tasks.settings import BaseModelSettings
+    from nerflow.tasks.training.pretrained import check_base_model
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     hub.add_model_repo("nerflow/tiny-bert", {"config.json": b"{}"})
     hub.add_model_repo("meta/gated-model", {"config.json": b"{}"}).gated = True
-    check_checkpoint(ModelSettings(checkpoint="nerflow/tiny-bert"))
-    with pytest.raises(InputError, match=r"model.checkpoint 'nerflow/tiny-brt': no such repository on the Hub \(a typo\?"):
-        check_checkpoint(ModelSettings(checkpoint="nerflow/tiny-brt"))
-    with pytest.raises(InputError, match=r"model.checkpoint 'meta/gated-model' is gated on the Hub: accept its terms"):
-        check_checkpoint(ModelSettings(checkpoint="meta/gated-model"))
+    check_base_model(BaseModelSettings(name="nerflow/tiny-bert"))
+    with pytest.raises(
+        InputError, match=r"base_model.name 'nerflow/tiny-brt': no such repository on the Hub \(a typo\?"
+    ):
+        check_base_model(BaseModelSettings(name="nerflow/tiny-brt"))
+    with pytest.raises(InputError, match=r"base_model.name 'meta/gated-model' is gated on the Hub: accept its terms"):
+        check_base_model(BaseModelSettings(name="meta/gated-model"))

@@ -9,12 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-import tasks.train
-from conftest import prepare, write_synthetic_dataset
-from tasks.refs import TrainJob
-from tasks.retry import is_deterministic, is_transient
-from tasks.storage import SEAL, is_sealed
-from tasks.trainer import last_complete_checkpoint
+import nerflow.tasks.train
+from conftest import prepare, train_job, write_synthetic_dataset
+from nerflow.tasks.runtime.files import SEAL, is_sealed
+from nerflow.tasks.runtime.retry import is_deterministic, is_transient
+from nerflow.tasks.training.trainer import last_complete_checkpoint
 
 
 @pytest.fixture
@@ -26,14 +25,15 @@ def job(tiny_bert, tmp_path):
         tiny_bert,
         tmp_path / "runs",
         dataset={"source": str(data), "max_train_samples": None, "max_eval_samples": None},
-        train={"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "save_total_limit": 3},
+        train={"epochs": 2, "batch_size": 16, "learning_rate": 5e-3},
+        records={"save_total_limit": 3},
     )
     _, tokenized = prepare(settings)
-    return TrainJob.for_run(settings, tokenized, tmp_path / "runs" / "run", "run")
+    return train_job(settings, tokenized, tmp_path / "runs" / "run", "run")
 
 
 def test_a_truncated_newest_checkpoint_is_removed_and_training_resumes_from_the_one_before(job):
-    first = tasks.train.train_model(job)
+    first = nerflow.tasks.train.train_model(job)
     checkpoints = job.checkpoint_dir
     assert all(is_sealed(p) for p in checkpoints.glob("checkpoint-*"))
     # A power loss or a kill during the last save: the weights file is cut short.
@@ -42,7 +42,7 @@ def test_a_truncated_newest_checkpoint_is_removed_and_training_resumes_from_the_
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     shutil.rmtree(first.path)
 
-    again = tasks.train.train_model(job)
+    again = nerflow.tasks.train.train_model(job)
     assert again.resumed_from == "checkpoint-10"
     assert is_sealed(newest) and Path(again.path, "model.safetensors").is_file()  # epoch 2 saved again, whole
 
@@ -52,7 +52,7 @@ def test_a_checkpoint_without_its_seal_is_never_resumed_from(job, tmp_path):
     complete = checkpoints / "checkpoint-5"
     complete.mkdir(parents=True)
     (complete / "model.safetensors").write_bytes(b"x" * 10)
-    from tasks.storage import seal
+    from nerflow.tasks.runtime.files import seal
 
     seal(complete)
     cut = shutil.copytree(complete, checkpoints / "checkpoint-9")
@@ -64,9 +64,9 @@ def test_a_checkpoint_without_its_seal_is_never_resumed_from(job, tmp_path):
 def test_a_failed_save_is_retried_once(job, monkeypatch, caplog):
     from transformers import Trainer
 
-    import tasks.trainer
+    import nerflow.tasks.training.trainer
 
-    monkeypatch.setattr(tasks.trainer, "SAVE_RETRY_DELAY_S", 0)
+    monkeypatch.setattr(nerflow.tasks.training.trainer, "SAVE_RETRY_DELAY_S", 0)
     save = Trainer._save_checkpoint
     failures = []
 
@@ -77,8 +77,8 @@ def test_a_failed_save_is_retried_once(job, monkeypatch, caplog):
         return save(self, model, trial)
 
     monkeypatch.setattr(Trainer, "_save_checkpoint", full_disk_once)
-    with caplog.at_level(logging.WARNING, logger="tasks.trainer"):
-        ref = tasks.train.train_model(job)
+    with caplog.at_level(logging.WARNING, logger="nerflow.tasks.training.trainer"):
+        ref = nerflow.tasks.train.train_model(job)
     assert failures == [10] and ref.best_checkpoint in ("checkpoint-10", "checkpoint-20")
     assert all(is_sealed(p) for p in job.checkpoint_dir.glob("checkpoint-*"))
     assert any("saving checkpoint-10 failed" in r.getMessage() for r in caplog.records)
@@ -106,7 +106,7 @@ def wrapped(inner: BaseException) -> OSError:
     ids=lambda e: type(e).__name__,
 )
 def test_network_errors_are_transient_even_when_wrapped(error):
-    from tasks.retry import network_retry_condition, unless_deterministic
+    from nerflow.tasks.runtime.retry import network_retry_condition, unless_deterministic
 
     assert is_transient(error) and is_transient(wrapped(error))
     assert not is_deterministic(wrapped(error))
@@ -138,12 +138,12 @@ def test_a_hub_cache_miss_is_transient_online_and_final_offline(monkeypatch):
     [
         RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
         IndexError("index 7 is out of bounds for dimension 0 with size 7"),
-        ValueError("train.precision: bf16 was asked for but this GPU does not support it"),
+        ValueError("compute.precision: bf16 was asked for but this GPU does not support it"),
     ],
     ids=["oom", "index", "bad-setting"],
 )
 def test_errors_a_retry_would_repeat_are_not_retried(error):
-    from tasks.retry import unless_deterministic
+    from nerflow.tasks.runtime.retry import unless_deterministic
 
     assert is_deterministic(error) and not is_transient(error)
     assert not unless_deterministic(None, None, FailedState(error))
@@ -176,7 +176,7 @@ def test_a_late_second_crash_report_does_not_start_a_second_process():
     from prefect.states import Crashed, Running
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.recovery import restart_crashed_run
+    from nerflow.flows.recovery import restart_crashed_run
 
     @flow(name="finetune_ner")
     def training():
@@ -188,7 +188,9 @@ def test_a_late_second_crash_report_does_not_start_a_second_process():
 
     def deployment_run(client, f):
         """A run of a deployment of f, as the worker starts them (recovery restarts only those)."""
-        deployment = client.create_deployment(flow_id=client.create_flow(f), name="recovery-test", entrypoint="tests:unused")
+        deployment = client.create_deployment(
+            flow_id=client.create_flow(f), name="recovery-test", entrypoint="tests:unused"
+        )
         return client.create_flow_run_from_deployment(deployment)
 
     with prefect_test_harness(server_startup_timeout=120), get_client(sync_client=True) as client:
@@ -211,5 +213,9 @@ def test_a_late_second_crash_report_does_not_start_a_second_process():
         crash()
         again = restart_crashed_run(str(run.id))
         assert not again.restarted and "already restarted" in again.reason
-        restarts = [s for s in client.read_flow_run_states(run.id) if s.type.value == "SCHEDULED" and (s.message or "").startswith("nerflow: restarted")]
+        restarts = [
+            s
+            for s in client.read_flow_run_states(run.id)
+            if s.type.value == "SCHEDULED" and (s.message or "").startswith("nerflow: restarted")
+        ]
         assert len(restarts) == 1

@@ -11,8 +11,8 @@ import pytest
 from prefect.results import ResultStore
 from prefect.serializers import JSONSerializer
 
-from tasks.caching import JSON_SERIALIZER, JsonResultStorage, UnsafeResultRecord, record_problem
-from tasks.refs import CardRef
+from nerflow.tasks.refs import CardRef
+from nerflow.tasks.runtime.caching import JSON_SERIALIZER, JsonResultStorage, UnsafeResultRecord, record_problem
 
 
 class Payload:
@@ -28,7 +28,18 @@ class Payload:
 
 
 def record(serializer: dict, result: str) -> bytes:
-    return json.dumps({"metadata": {"storage_key": "k", "expiration": None, "serializer": serializer, "prefect_version": "3", "storage_block_id": None}, "result": result}).encode()
+    return json.dumps(
+        {
+            "metadata": {
+                "storage_key": "k",
+                "expiration": None,
+                "serializer": serializer,
+                "prefect_version": "3",
+                "storage_block_id": None,
+            },
+            "result": result,
+        }
+    ).encode()
 
 
 def forgeries(marker) -> dict[str, bytes]:
@@ -36,16 +47,24 @@ def forgeries(marker) -> dict[str, bytes]:
     pickled = base64.b64encode(pickle.dumps(Payload(touch))).decode()
     return {
         "pickle": record({"type": "pickle", "picklelib": "cloudpickle", "picklelib_version": None}, pickled),
-        "json with jsonlib pickle": record({**JSON_SERIALIZER, "jsonlib": "pickle"}, base64.b64decode(pickled).decode("latin-1")),
-        "json with os.system as object decoder": record({**JSON_SERIALIZER, "object_decoder": "os.system"}, json.dumps({"x": touch})),
-        "a class outside nerflow": record(JSON_SERIALIZER, json.dumps({"__class__": "subprocess.getoutput", "data": touch})),
+        "json with jsonlib pickle": record(
+            {**JSON_SERIALIZER, "jsonlib": "pickle"}, base64.b64decode(pickled).decode("latin-1")
+        ),
+        "json with os.system as object decoder": record(
+            {**JSON_SERIALIZER, "object_decoder": "os.system"}, json.dumps({"x": touch})
+        ),
+        "a class outside nerflow": record(
+            JSON_SERIALIZER, json.dumps({"__class__": "subprocess.getoutput", "data": touch})
+        ),
         "not a record": pickle.dumps(Payload(touch)),
     }
 
 
 @pytest.fixture
 def store(tmp_path):
-    return ResultStore(result_storage=JsonResultStorage(basepath=str(tmp_path / "results")), serializer=JSONSerializer())
+    return ResultStore(
+        result_storage=JsonResultStorage(basepath=str(tmp_path / "results")), serializer=JSONSerializer()
+    )
 
 
 def test_a_record_nerflow_wrote_reads_back(store):
@@ -55,7 +74,16 @@ def test_a_record_nerflow_wrote_reads_back(store):
     assert store.exists("card") and store.read("card").result == ref
 
 
-@pytest.mark.parametrize("kind", ["pickle", "json with jsonlib pickle", "json with os.system as object decoder", "a class outside nerflow", "not a record"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "pickle",
+        "json with jsonlib pickle",
+        "json with os.system as object decoder",
+        "a class outside nerflow",
+        "not a record",
+    ],
+)
 def test_a_forged_record_is_refused_and_never_deserialized(store, tmp_path, kind):
     marker = tmp_path / "payload-ran"
     path = store.result_storage._resolve_path("tokenize-key")

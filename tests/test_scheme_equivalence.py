@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import prepare, tiny_run_settings, train
+from nerflow.tasks.evaluate import evaluate_model
 from shapes import write_jsonl
-from tasks.evaluate import evaluate_model
 
 pytestmark = pytest.mark.slow  # five trainings
 
@@ -42,11 +42,13 @@ def test_every_scheme_trains_to_the_iob2_f1(trained):
 
 
 def test_a_model_trained_from_bioes_writes_bioes_back(trained, tmp_path):
+    from nerflow.tasks.prediction.files import predict_file
     from shapes import sample
-    from tasks.predict_io import predict_file
 
     model = trained["bioes"][1]
-    (tmp_path / "words.jsonl").write_text("".join(f'{{"tokens": {__import__("json").dumps(w)}}}\n' for w, _ in sample("test", 50)))
+    (tmp_path / "words.jsonl").write_text(
+        "".join(f'{{"tokens": {__import__("json").dumps(w)}}}\n' for w, _ in sample("test", 50))
+    )
     summary = predict_file(model.path, tmp_path / "words.jsonl", tmp_path / "out.conll")
     tags = {line.split("\t")[1] for line in (tmp_path / "out.conll").read_text().splitlines() if line}
     assert summary["tag_scheme"] == "bioes" and tags & {"S-PER", "S-LOC", "S-ORG", "E-PER", "E-LOC", "E-ORG"}

@@ -42,8 +42,20 @@ def stack(tmp_path_factory, tiny_bert):
     proc, port = start_serve(root, spec)  # no PREFECT_SERVER_API_AUTH_STRING: serve generates credentials
     auth = generated_auth(root)
     base = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_API_AUTH_STRING": auth, "PREFECT_HOME": str(root / "client-home")}
-    yield {"api": base, "auth": auth, "root": root, "env": env, "proc": proc, "settings": spec["deployments"][0]["parameters"]["settings"]}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": base,
+        "PREFECT_API_AUTH_STRING": auth,
+        "PREFECT_HOME": str(root / "client-home"),
+    }
+    yield {
+        "api": base,
+        "auth": auth,
+        "root": root,
+        "env": env,
+        "proc": proc,
+        "settings": spec["deployments"][0]["parameters"]["settings"],
+    }
     assert stop_serve(proc) == 0
 
 
@@ -94,14 +106,25 @@ def test_job_variables_can_set_neither_the_command_nor_the_environment(stack):
         {"env.NERFLOW_ALLOWED_ROOTS": "/"},
         {"working_dir": "/"},
     ):
-        status, body = start(stack, TRAINING, {"settings": settings(stack, "jv", output_dir=str(OUTSIDE))}, job_variables)
-        assert status == 422 and "Additional properties are not allowed" in json.dumps(body), (job_variables, status, body)
+        status, body = start(
+            stack, TRAINING, {"settings": settings(stack, "jv", output_dir=str(OUTSIDE))}, job_variables
+        )
+        assert status == 422 and "Additional properties are not allowed" in json.dumps(body), (
+            job_variables,
+            status,
+            body,
+        )
     # The same through Prefect's own CLI, as a run starter types it.
     cli = subprocess.run(
         [sys.executable, "-m", "prefect", "deployment", "run", TRAINING, "-jv", f"command=sh -c 'id > {marker}'"],
-        env=stack["env"], capture_output=True, text=True, timeout=120,
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert cli.returncode != 0 and "Additional properties are not allowed ('command' was unexpected)" in " ".join((cli.stdout + cli.stderr).split())
+    assert cli.returncode != 0 and "Additional properties are not allowed ('command' was unexpected)" in " ".join(
+        (cli.stdout + cli.stderr).split()
+    )
     time.sleep(3)
     assert not marker.exists()
     # With no job variables, the worker's policy holds for the parameters themselves.
@@ -114,14 +137,19 @@ def test_docker_and_kubernetes_pools_refuse_what_the_operator_fixes(stack):
     from prefect import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from flows.pools import create_pool
+    from nerflow.flows.cli.pools import create_pool
 
-    with temporary_settings({PREFECT_API_URL: stack["api"], PREFECT_API_AUTH_STRING: stack["auth"]}):
-        with get_client(sync_client=True) as client:
-            flow_id = client.read_flow_by_name("finetune_ner").id
-            for kind in ("docker", "kubernetes"):
-                create_pool(f"secured-{kind}", kind)
-                client.create_deployment(flow_id=flow_id, name=f"on-{kind}", work_pool_name=f"secured-{kind}", entrypoint="flows.finetune:finetune_ner")
+    api = {PREFECT_API_URL: stack["api"], PREFECT_API_AUTH_STRING: stack["auth"]}
+    with temporary_settings(api), get_client(sync_client=True) as client:
+        flow_id = client.read_flow_by_name("finetune_ner").id
+        for kind in ("docker", "kubernetes"):
+            create_pool(f"secured-{kind}", kind)
+            client.create_deployment(
+                flow_id=flow_id,
+                name=f"on-{kind}",
+                work_pool_name=f"secured-{kind}",
+                entrypoint="nerflow.flows.finetune:finetune_ner",
+            )
     attacks = {
         "docker": [{"image": "attacker/image"}, {"privileged": True}, {"volumes": ["/:/host"]}, {"command": "id"},
                    {"env": {"NERFLOW_ALLOWED_ROOTS": "/"}}, {"container_create_kwargs": {"privileged": True}}],
@@ -131,7 +159,11 @@ def test_docker_and_kubernetes_pools_refuse_what_the_operator_fixes(stack):
     for kind, variants in attacks.items():
         for job_variables in variants:
             status, body = start(stack, f"finetune_ner/on-{kind}", {}, job_variables)
-            assert status == 422 and "Additional properties are not allowed" in json.dumps(body), (kind, job_variables, body)
+            assert status == 422 and "Additional properties are not allowed" in json.dumps(body), (
+                kind,
+                job_variables,
+                body,
+            )
     status, allowed = start(stack, "finetune_ner/on-kubernetes", {}, {"gpus_per_pod": 2})  # what a run may change
     assert status == 201, allowed
     call(stack, "DELETE", f"/flow_runs/{allowed['id']}")
@@ -203,9 +235,15 @@ def test_batch_prediction_reads_and_writes_only_where_the_operator_allows(stack)
     assert "input_path='/etc/passwd' is outside the allowed folders" in message and "model_dir" not in message
     assert not Path(inside).exists()
     escape = OUTSIDE / "passwd.jsonl"
-    message = refused(stack, BATCH, {"model_dir": model_dir, "input_path": str(SAMPLE_DIR / "test.jsonl"), "output_path": str(escape)})
+    message = refused(
+        stack, BATCH, {"model_dir": model_dir, "input_path": str(SAMPLE_DIR / "test.jsonl"), "output_path": str(escape)}
+    )
     assert f"output_path={str(escape)!r} is outside the allowed folders" in message and not OUTSIDE.exists()
-    message = refused(stack, BATCH, {"model_dir": model_dir, "input_path": str(SAMPLE_DIR / "test.jsonl"), "output_path": "s3://anyone/out.jsonl"})
+    message = refused(
+        stack,
+        BATCH,
+        {"model_dir": model_dir, "input_path": str(SAMPLE_DIR / "test.jsonl"), "output_path": "s3://anyone/out.jsonl"},
+    )
     assert "output_path='s3://anyone/out.jsonl' is outside the allowed S3 places (none; NERFLOW_ALLOWED_S3)" in message
 
 
@@ -215,19 +253,20 @@ def test_batch_prediction_reads_and_writes_only_where_the_operator_allows(stack)
 def test_settings_that_name_code_places_or_hosts_stay_inside_the_policy(stack):
     message = refused(stack, TRAINING, {"settings": settings(
         stack, "everything",
-        model={"checkpoint": "package:os", "trust_remote_code": True},
+        base_model={"name": "package:os", "trust_remote_code": True},
         tracking={"backends": ["mlflow"], "mlflow_tracking_uri": "http://attacker.example:5000"},
         publish={"targets": ["hub", "s3"], "hub_repo_id": "attacker/stolen", "s3_uri": "s3://attacker-bucket/runs"},
-        train={"trainer_args": {"deepspeed": "/etc/ds_config.json"}, "nnodes": 2, "rdzv_endpoint": "attacker.example:29500"},
+        train={"trainer_args": {"deepspeed": "/etc/ds_config.json"}},
+        compute={"nnodes": 2, "rdzv_endpoint": "attacker.example:29500"},
     )})  # fmt: skip
     for why in (
-        "model.checkpoint='package:os': package not in NERFLOW_ALLOWED_PACKAGES",
-        "model.trust_remote_code=true: this worker runs no code shipped with a checkpoint",
+        "base_model.name='package:os': package not in NERFLOW_ALLOWED_PACKAGES",
+        "base_model.trust_remote_code=true: this worker runs no code shipped with a checkpoint",
         "tracking.mlflow_tracking_uri='http://attacker.example:5000' is not an allowed MLflow server",
         "publish.hub_repo_id='attacker/stolen': namespace 'attacker' is not allowed",
         "publish.s3_uri='s3://attacker-bucket/runs' is outside the allowed S3 places",
         "train.trainer_args.deepspeed='/etc/ds_config.json' is outside the allowed folders",
-        "train.rdzv_endpoint='attacker.example:29500' is not an allowed rendezvous",
+        "compute.rdzv_endpoint='attacker.example:29500' is not an allowed rendezvous",
     ):
         assert why in message, why
 
@@ -273,7 +312,7 @@ def test_a_local_runs_temporary_server_is_closed_to_other_local_users():
     from prefect.blocks.system import Secret
     from prefect.settings import get_current_settings
 
-    from flows.serve import temporary_server_when_needed
+    from nerflow.flows.cli.serve import temporary_server_when_needed
 
     with temporary_server_when_needed() as use_server, use_server():
         Secret(value="hf_local_secret").save("hf-token", overwrite=True)
@@ -314,6 +353,12 @@ def test_a_forged_result_record_is_refused_and_never_run(stack):
     assert final["state_type"] == "COMPLETED", final["state"]
     assert not marker.exists()
     # Logs reach the server a moment after the run's last state.
-    wait_for("the refusal in the run's log", lambda: any("refused, not deserialized: it names the serializer" in line for line in run_logs(stack, run["id"])), timeout_s=60)
+    wait_for(
+        "the refusal in the run's log",
+        lambda: any(
+            "refused, not deserialized: it names the serializer" in line for line in run_logs(stack, run["id"])
+        ),
+        timeout_s=60,
+    )
     assert record.with_name(record.name + ".refused").is_file()
     assert json.loads(record.read_text())["metadata"]["serializer"]["type"] == "json"  # rewritten by the step

@@ -7,7 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from flows.serve import FIRST_BACKOFF_S, HEALTH_EVERY_S, HEALTH_FAILURES, MAX_BACKOFF_S, STABLE_AFTER_S, Supervised
+from nerflow.flows.cli.serve import (
+    FIRST_BACKOFF_S,
+    HEALTH_EVERY_S,
+    HEALTH_FAILURES,
+    MAX_BACKOFF_S,
+    STABLE_AFTER_S,
+    Supervised,
+)
 
 
 class Clock:
@@ -23,7 +30,9 @@ def exits_at_once() -> subprocess.Popen:
 
 
 def runs_on() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)  # as serve starts them
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )  # as serve starts them
 
 
 def test_a_process_that_keeps_dying_is_restarted_with_a_growing_backoff_and_no_cap(tmp_path, capsys):

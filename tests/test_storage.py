@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from tasks.storage import SEAL, atomic_dir, exchange, is_sealed, recover_interrupted_swaps
+from nerflow.tasks.runtime.files import SEAL, atomic_dir, exchange, is_sealed, recover_interrupted_swaps
 
 
 def write_model(folder: Path, version: str) -> None:
@@ -54,7 +54,7 @@ def test_readers_never_find_the_folder_missing_while_it_is_swapped(tmp_path):
 KILLED_SWAP = """
 import os, shutil, signal, sys
 from pathlib import Path
-import tasks.storage as storage
+import nerflow.tasks.runtime.files as storage
 if sys.argv[2] == "renames":
     storage.exchange = lambda a, b: False  # as on an OS without an atomic exchange
     real = os.replace
@@ -74,7 +74,9 @@ with storage.atomic_dir(Path(sys.argv[1]), replace=True) as tmp:
 def test_a_kill_inside_the_swap_leaves_a_complete_folder_and_the_next_run_clears_the_rest(tmp_path, swap):
     model = tmp_path / "run" / "model"
     write_model(model, "old")
-    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_SWAP), str(model), swap], cwd=REPO, capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILLED_SWAP), str(model), swap], cwd=REPO, capture_output=True, text=True
+    )
     assert killed.returncode == -9, killed.stderr
     leftovers = [p.name for p in model.parent.iterdir() if p.name != "model"]
     assert leftovers, "the kill left nothing to clear: it did not happen inside the swap"
@@ -86,4 +88,6 @@ def test_a_kill_inside_the_swap_leaves_a_complete_folder_and_the_next_run_clears
     assert sorted(p.name for p in model.parent.iterdir()) == ["model"] and is_sealed(model)
     assert (model / SEAL).is_file() and done
     if swap == "renames":
-        assert (model / "config.json").read_text() == '{"version": "old"}' and "restored model from an interrupted swap" in done
+        assert (
+            model / "config.json"
+        ).read_text() == '{"version": "old"}' and "restored model from an interrupted swap" in done

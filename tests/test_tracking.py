@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.serve import free_port, stop_process
+from nerflow.flows.cli.serve import free_port, stop_process
 
 pytestmark = pytest.mark.slow  # an MLflow server and a whole flow run
 
@@ -45,7 +45,9 @@ def mlflow_server(tmp_path_factory):
 
 
 def rest(base: str, endpoint: str, **query):
-    with urllib.request.urlopen(f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}", timeout=30) as resp:
+    with urllib.request.urlopen(
+        f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}", timeout=30
+    ) as resp:
         return json.loads(resp.read())
 
 
@@ -53,13 +55,17 @@ def test_a_run_is_tracked_in_mlflow_and_tensorboard(tiny_settings, mlflow_server
     from prefect.blocks.system import Secret
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from flows.finetune import finetune_ner
-    from tasks.trackers import flat_params
+    from nerflow.flows.finetune import finetune_ner
+    from nerflow.tasks.reporting.trackers import flat_params
 
     Secret(value="nerflow-user:mlflow-s3cret-value").save("mlflow-credentials", overwrite=True)
     settings = tiny_settings(
         train={"epochs": 2},
-        tracking={"backends": ["mlflow", "tensorboard"], "mlflow_tracking_uri": mlflow_server, "mlflow_experiment": "nerflow-e2e"},
+        tracking={
+            "backends": ["mlflow", "tensorboard"],
+            "mlflow_tracking_uri": mlflow_server,
+            "mlflow_experiment": "nerflow-e2e",
+        },
         card={"model_name": "tiny-tracked"},
     )
     result = finetune_ner(settings=settings, return_state=True).result()
@@ -73,7 +79,9 @@ def test_a_run_is_tracked_in_mlflow_and_tensorboard(tiny_settings, mlflow_server
     assert not [k for k, v in params.items() if "mlflow-s3cret" in v]
 
     # Per-epoch history, word-level test scores overall and per entity.
-    history = rest(mlflow_server, "metrics/get-history", run_id=result.mlflow_run_id, metric_key="epoch/val_f1")["metrics"]
+    history = rest(mlflow_server, "metrics/get-history", run_id=result.mlflow_run_id, metric_key="epoch/val_f1")[
+        "metrics"
+    ]
     assert [m["step"] for m in history] == [1, 2]
     latest = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     assert latest["test/f1"] == pytest.approx(result.test_f1)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import tasks.train
-from conftest import prepare, write_synthetic_dataset
-from tasks.batching import PadCollator, ShuffledLengthGroups
-from tasks.refs import TrainJob
+import nerflow.tasks.train
+from conftest import prepare, train_job, write_synthetic_dataset
+from nerflow.tasks.refs import TrainJob
+from nerflow.tasks.training.batching import PadCollator, ShuffledLengthGroups
 
 
 @pytest.fixture(scope="module")
@@ -24,34 +24,47 @@ def job_for(tiny_bert, tmp_path_factory):
     def make(run_name: str, **sections) -> TrainJob:
         train = {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, **sections.pop("train", {})}
         settings = tiny_run_settings(
-            tiny_bert, root / "runs", dataset={"source": str(data), "max_train_samples": None, "max_eval_samples": None}, train=train, **sections
+            tiny_bert,
+            root / "runs",
+            dataset={"source": str(data), "max_train_samples": None, "max_eval_samples": None},
+            train=train,
+            **sections,
         )
         _, tokenized = prepare(settings)
-        return TrainJob.for_run(settings, tokenized, root / "runs" / run_name, run_name)
+        return train_job(settings, tokenized, root / "runs" / run_name, run_name)
 
     return make
 
 
 def test_the_settings_reach_the_trainer(job_for):
-    job = job_for("args", train={"warmup_ratio": 0.2, "weight_decay": 0.05, "seed": 11, "eval_batch_size": 32})
-    trainer = tasks.train.build_trainer(job, "cpu", bf16=False, fp16=False, compile_model=False, report_to=[])
+    job = job_for(
+        "args", train={"warmup_ratio": 0.2, "weight_decay": 0.05, "seed": 11}, compute={"eval_batch_size": 32}
+    )
+    trainer = nerflow.tasks.train.build_trainer(job, "cpu", bf16=False, fp16=False, compile_model=False, report_to=[])
     args = trainer.args
     assert (args.learning_rate, args.per_device_train_batch_size, args.per_device_eval_batch_size) == (5e-3, 16, 32)
     assert (args.num_train_epochs, args.weight_decay, args.seed, args.data_seed) == (2, 0.05, 11, 11)
     assert args.warmup_steps == 0.2 and args.get_warmup_steps(100) == 20  # a ratio: 20% of the steps
-    assert (args.eval_strategy, args.save_strategy, args.load_best_model_at_end, args.metric_for_best_model) == ("epoch", "epoch", True, "f1")
+    assert (args.eval_strategy, args.save_strategy, args.load_best_model_at_end, args.metric_for_best_model) == (
+        "epoch",
+        "epoch",
+        True,
+        "f1",
+    )
     assert not args.torch_compile and not args.logging_nan_inf_filter and args.report_to == []
     assert isinstance(trainer._get_train_sampler(), ShuffledLengthGroups)  # auto on a CPU: length groups
     assert isinstance(trainer.data_collator, PadCollator) and trainer.data_collator.multiple is None
     assert trainer.model.config.nerflow_decoding == "iob2"
     assert trainer.model.config.id2label == dict(enumerate(job.tokenized.label_names))
-    static = tasks.train.build_trainer(job_for("static", train={"batching": "static"}), "cpu", False, False, False, [])
+    static = nerflow.tasks.train.build_trainer(
+        job_for("static", train={"batching": "static"}), "cpu", False, False, False, []
+    )
     assert static.data_collator.multiple == 32 and len(static._get_train_sampler()) % 16 == 0
 
 
 def test_training_keeps_the_best_epoch_and_a_second_call_resumes(job_for):
     job = job_for("best")
-    ref = tasks.train.train_model(job)
+    ref = nerflow.tasks.train.train_model(job)
     model_dir = Path(ref.path)
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
     assert not (model_dir / "training_args.bin").exists()
@@ -63,7 +76,7 @@ def test_training_keeps_the_best_epoch_and_a_second_call_resumes(job_for):
     log = json.loads((Path(ref.run_dir) / "train_log.json").read_text())
     assert [e["eval_f1"] for e in log if "eval_f1" in e] == [e["val_f1"] for e in ref.epochs]
 
-    again = tasks.train.train_model(job)  # the checkpoints are there: nothing is trained twice
+    again = nerflow.tasks.train.train_model(job)  # the checkpoints are there: nothing is trained twice
     assert again.resumed_from == "checkpoint-20" and again.epochs == ref.epochs
 
 
@@ -75,7 +88,7 @@ FakeCompileFailure.__module__ = "torch._dynamo.exc"
 
 
 def test_a_compile_failure_falls_back_to_eager_with_one_warning(job_for, monkeypatch, caplog):
-    from tasks.trainer import NerTrainer
+    from nerflow.tasks.training.trainer import NerTrainer
 
     train = NerTrainer.train
 
@@ -85,8 +98,8 @@ def test_a_compile_failure_falls_back_to_eager_with_one_warning(job_for, monkeyp
         return train(self, *args, **kwargs)
 
     monkeypatch.setattr(NerTrainer, "train", failing_when_compiled)
-    with caplog.at_level(logging.WARNING, logger="tasks.train"):
-        ref = tasks.train.train_model(job_for("fallback", train={"compile": "on", "epochs": 1}))
+    with caplog.at_level(logging.WARNING, logger="nerflow.tasks.train"):
+        ref = nerflow.tasks.train.train_model(job_for("fallback", train={"epochs": 1}, compute={"compile": "on"}))
     assert ref.compiled is False and Path(ref.path, "model.safetensors").is_file()
     warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(warnings) == 1 and "FakeCompileFailure" in warnings[0]
@@ -97,14 +110,19 @@ def test_every_training_knob_reaches_the_trainer(job_for):
         "lr_scheduler": "cosine",
         "optimizer": "adamw_torch",
         "max_grad_norm": 0.5,
-        "gradient_checkpointing": True,
         "label_smoothing": 0.1,
-        "auto_batch_size": True,
         "trainer_args": {"adam_beta2": 0.98, "adam_epsilon": 1e-7, "dataloader_drop_last": True},
     }
-    args = tasks.train.build_trainer(job_for("knobs", train=knobs), "cpu", False, False, False, []).args
+    compute = {"gradient_checkpointing": True, "auto_batch_size": True}
+    job = job_for("knobs", train=knobs, compute=compute)
+    args = nerflow.tasks.train.build_trainer(job, "cpu", False, False, False, []).args
     assert (str(args.lr_scheduler_type.value), str(args.optim.value)) == ("cosine", "adamw_torch")
-    assert (args.max_grad_norm, args.activation_checkpointing, args.label_smoothing_factor, args.auto_find_batch_size) == (0.5, True, 0.1, True)
+    assert (
+        args.max_grad_norm,
+        args.activation_checkpointing,
+        args.label_smoothing_factor,
+        args.auto_find_batch_size,
+    ) == (0.5, True, 0.1, True)
     assert (args.adam_beta2, args.adam_epsilon, args.dataloader_drop_last) == (0.98, 1e-7, True)
 
 
@@ -115,12 +133,15 @@ def test_every_training_knob_reaches_the_trainer(job_for):
         ({"adam_betta2": 0.98}, "did you mean adam_beta2"),
         ({"adam_beta2": "high"}, "adam_beta2: 'high' is not a valid"),
         ({"learning_rate": 1e-3}, "learning_rate: set by nerflow (use train.learning_rate)"),
-        ({"save_strategy": "steps"}, "save_strategy: set by nerflow (nerflow saves a checkpoint every epoch to resume from)"),
+        (
+            {"save_strategy": "steps"},
+            "save_strategy: set by nerflow (nerflow saves a checkpoint every epoch to resume from)",
+        ),
         ({"report_to": ["mlflow"]}, "report_to: set by nerflow (use tracking.backends)"),
     ],
 )
 def test_trainer_args_are_checked_before_the_run_starts(trainer_args, says):
-    from flows.settings import SettingsError, load_settings
+    from nerflow.tasks.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError) as err:
         load_settings(None, [f"train.trainer_args={json.dumps(trainer_args)}"])
@@ -128,14 +149,20 @@ def test_trainer_args_are_checked_before_the_run_starts(trainer_args, says):
 
 
 def test_early_stopping_stops_a_run_that_cannot_improve_after_patience_plus_one_epochs(job_for):
-    ref = tasks.train.train_model(job_for("stuck", train={"epochs": 5, "learning_rate": 1e-12, "early_stopping_patience": 2}))
+    ref = nerflow.tasks.train.train_model(
+        job_for("stuck", train={"epochs": 5, "learning_rate": 1e-12, "early_stopping_patience": 2})
+    )
     assert [e["epoch"] for e in ref.epochs] == [1.0, 2.0, 3.0]
-    assert ref.stopped_early.startswith("stopped after epoch 3 of 5: validation F1 did not improve by more than 0.0 for 2 epoch(s)")
+    assert ref.stopped_early.startswith(
+        "stopped after epoch 3 of 5: validation F1 did not improve by more than 0.0 for 2 epoch(s)"
+    )
     assert ref.epochs[-1]["note"] == ref.stopped_early and ref.best_checkpoint == "checkpoint-10"
 
 
 def test_early_stopping_lets_a_run_that_keeps_improving_run_to_the_end(job_for):
-    ref = tasks.train.train_model(job_for("improving", train={"epochs": 4, "learning_rate": 1e-3, "early_stopping_patience": 1}))
+    ref = nerflow.tasks.train.train_model(
+        job_for("improving", train={"epochs": 4, "learning_rate": 1e-3, "early_stopping_patience": 1})
+    )
     f1 = [e["val_f1"] for e in ref.epochs]
     assert len(f1) == 4 and f1 == sorted(f1) and len(set(f1)) == 4  # better every epoch
     assert ref.stopped_early is None
@@ -144,7 +171,7 @@ def test_early_stopping_lets_a_run_that_keeps_improving_run_to_the_end(job_for):
 def test_every_epoch_logs_its_training_loss_even_when_logging_steps_exceeds_it(job_for):
     """160 sentences in batches of 16 are 10 steps an epoch, fewer than logging_steps: the loss is
     still logged once per epoch, so the epoch table (and the card and the trackers) have it."""
-    ref = tasks.train.train_model(job_for("few-steps", train={"logging_steps": 1000, "epochs": 3}))
+    ref = nerflow.tasks.train.train_model(job_for("few-steps", train={"epochs": 3}, records={"logging_steps": 1000}))
     assert [e["epoch"] for e in ref.epochs] == [1.0, 2.0, 3.0]
     assert all(isinstance(e["train_loss"], float) and e["train_loss"] > 0 for e in ref.epochs)
     log = json.loads((Path(ref.run_dir) / "train_log.json").read_text())
@@ -163,7 +190,7 @@ def test_the_console_shows_step_epoch_loss_rate_and_time_left():
 
     import torch
 
-    from tasks.trainer import ConsoleProgress
+    from nerflow.tasks.training.trainer import ConsoleProgress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -188,5 +215,7 @@ def test_the_console_shows_step_epoch_loss_rate_and_time_left():
     bar.last_shown = 0.0
     bar.on_step_end(None, FakeState(15), None)
     bar.on_train_end(None, FakeState(30), None)
-    assert screen.getvalue().startswith("\r[############............] training: step 15/30") and screen.getvalue().endswith("\n")
+    assert screen.getvalue().startswith(
+        "\r[############............] training: step 15/30"
+    ) and screen.getvalue().endswith("\n")
     assert len(lines) == 3  # nothing from the bar went to the log

@@ -34,7 +34,14 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACT_KEYS = ["dataset-profile", "training-progress", "training-epochs", "metrics-overall", "metrics-per-entity", "run-summary"]
+ARTIFACT_KEYS = [
+    "dataset-profile",
+    "training-progress",
+    "training-epochs",
+    "metrics-overall",
+    "metrics-per-entity",
+    "run-summary",
+]
 
 
 def ensure_chromium() -> None:
@@ -49,7 +56,12 @@ def ensure_chromium() -> None:
 
 def get_json(url: str, auth: str, body=None):
     headers = {"Content-Type": "application/json", **auth_header(auth)}
-    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers=headers, method="POST" if body is not None else "GET")
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers=headers,
+        method="POST" if body is not None else "GET",
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -70,7 +82,9 @@ def form_input(page, label: str):
     """The input of the schema-form property whose own label starts with `label`."""
     prop = page.locator(
         ".p-label.schema-form-property",
-        has=page.locator(":scope > .p-label__header .schema-form-property__label", has_text=re.compile(f"^{re.escape(label)} ")),
+        has=page.locator(
+            ":scope > .p-label__header .schema-form-property__label", has_text=re.compile(f"^{re.escape(label)} ")
+        ),
     )
     return prop.locator("input").first
 
@@ -114,8 +128,11 @@ def test_custom_run_from_the_ui_and_its_artifacts(ui_stack, request):
         page.screenshot(path=str(shots / "custom-run-form.png"))
 
         created = []
-        page.on("response", lambda r: created.append(r) if "create_flow_run" in r.url and r.request.method == "POST" else None)
-        for attempt in range(3):  # a busy SQLite server can answer 503; the form can be submitted again
+        page.on(
+            "response",
+            lambda r: created.append(r) if "create_flow_run" in r.url and r.request.method == "POST" else None,
+        )
+        for _ in range(3):  # a busy SQLite server can answer 503; the form can be submitted again
             page.get_by_role("button", name="Submit").click()
             deadline = time.monotonic() + 30
             while not created and time.monotonic() < deadline:

@@ -9,10 +9,10 @@ import shutil
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-import flows.watcher
+import nerflow.flows.watcher
 from conftest import SAMPLE_DIR
-from flows.settings import DatasetSettings
-from flows.watcher import TRAINED_REVISION_LABEL, variable_name, watch_dataset
+from nerflow.flows.watcher import TRAINED_REVISION_LABEL, variable_name, watch_dataset
+from nerflow.tasks.settings import DatasetSettings
 
 pytestmark = pytest.mark.slow  # a Prefect server
 
@@ -33,7 +33,9 @@ def events_sent(name: str, at_least: int) -> list[dict]:
     deadline = time.monotonic() + 30
     while True:
         with get_client(sync_client=True) as client:
-            found = client.request("POST", "/events/filter", json={"filter": {"event": {"name": ["nerflow.dataset.updated"]}}, "limit": 50})
+            found = client.request(
+                "POST", "/events/filter", json={"filter": {"event": {"name": ["nerflow.dataset.updated"]}}, "limit": 50}
+            )
         events = [e for e in found.json()["events"] if e["resource"]["prefect.resource.name"] == name]
         if len(events) >= at_least or time.monotonic() > deadline:
             return events
@@ -51,18 +53,18 @@ def test_an_event_that_fails_to_send_is_sent_on_the_next_check(tmp_path, monkeyp
     first = watch_dataset(dataset=dataset, name="retried")
     assert not first.emitted and first.previous is None  # first sighting: recorded, not emitted
     change(folder)
-    send = flows.watcher.send_dataset_updated
+    send = nerflow.flows.watcher.send_dataset_updated
 
     def refused(*args, **kwargs):
         raise ConnectionError("the API went away")
 
-    monkeypatch.setattr(flows.watcher, "send_dataset_updated", refused)
+    monkeypatch.setattr(nerflow.flows.watcher, "send_dataset_updated", refused)
     state = watch_dataset(dataset=dataset, name="retried", return_state=True)
     assert state.is_failed()
     from prefect.variables import Variable
 
     assert Variable.get(variable_name("retried")) == first.revision  # the new revision is not recorded as seen
-    monkeypatch.setattr(flows.watcher, "send_dataset_updated", send)
+    monkeypatch.setattr(nerflow.flows.watcher, "send_dataset_updated", send)
     again = watch_dataset(dataset=dataset, name="retried")
     assert again.emitted and again.previous == first.revision
     assert not watch_dataset(dataset=dataset, name="retried").emitted
