@@ -6,7 +6,13 @@ Variants, all on the same model and the same WikiANN-en test sentences (joined i
   called once per sentence, as the tutorial's inference example and most serving code do;
 - `pipeline, batched`: the same pipeline given the whole list with `batch_size`;
 - `nerflow`: `NerPredictor.predict` (length-sorted batches, word windows, IOB2 decoding where the model
-  was trained with it).
+  was trained with it), with the torch model;
+- `nerflow, onnx fp32` and `nerflow, onnx int8`: the same with the model exported to ONNX (torch.export)
+  and its dynamic int8 quantisation, run by onnxruntime.
+
+A second table puts `nerflow predict`'s end-to-end path (`predict_file`: read the text file, split and
+tokenize, windows, forward, decode, write JSON lines; the model loaded beforehand) beside a bare forward
+pass over the same length-sorted batches with the same backend, per backend.
 
 Each variant runs `--rounds` times, alternating, after one warm-up call; the best round counts (the
 machine is shared: the fastest round is the one least disturbed). Each variant's entities are also
@@ -80,23 +86,92 @@ def f1_against_gold(entities: list[list[dict]], gold: list[list[str]], spans: li
     return f1_score(gold, predicted)
 
 
-def variants(model_dir: str, batch_size: int) -> dict:
-    from transformers import pipeline
+def onnx_files(model_dir: str, folder: Path) -> dict[str, Path]:
+    """The model exported to ONNX fp32 and quantised to int8 (nerflow's export functions) in `folder`."""
+    from nerflow.tasks.exporting.onnx import export_fp32, quantize_int8
 
+    files = {"fp32": folder / "model.onnx", "int8": folder / "model_quantized.onnx"}
+    export_fp32(model_dir, files["fp32"], opset=18)
+    quantize_int8(files["fp32"], files["int8"])
+    return files
+
+
+def predictors(model_dir: str, batch_size: int, onnx: dict[str, Path]) -> dict:
     from nerflow.tasks.prediction.tagger import NerPredictor
 
-    tagger = pipeline("token-classification", model=model_dir, aggregation_strategy="first", device=-1)
-    predictor = NerPredictor(model_dir, batch_size=batch_size)
     return {
-        "pipeline, one call per sentence": lambda texts: [tagger(t) for t in texts],
-        "pipeline, batched": lambda texts: tagger(texts, batch_size=batch_size),
-        "nerflow": predictor.predict,
+        "nerflow": NerPredictor(model_dir, batch_size=batch_size, backend="torch"),
+        **{f"nerflow, onnx {k}": NerPredictor(model_dir, batch_size=batch_size, onnx_file=f) for k, f in onnx.items()},
     }
 
 
-def measure(model_dir: str, sentences: tuple, rounds: int, batch_size: int) -> tuple[list[dict], dict]:
+def variants(model_dir: str, batch_size: int, nerflow: dict) -> dict:
+    from transformers import pipeline
+
+    tagger = pipeline("token-classification", model=model_dir, aggregation_strategy="first", device=-1)
+    return {
+        "pipeline, one call per sentence": lambda texts: [tagger(t) for t in texts],
+        "pipeline, batched": lambda texts: tagger(texts, batch_size=batch_size),
+        **{name: predictor.predict for name, predictor in nerflow.items()},
+    }
+
+
+def bare_forward_s(predictor, texts: list[str], rounds: int) -> float:
+    """Best time of the network alone over the batches nerflow makes of these texts (same order, padding)."""
+    import torch
+
+    from nerflow.tasks.prediction.tagger import Document
+    from nerflow.tasks.training.batching import PadCollator, length_sorted_batches
+
+    windows, _ = predictor._windows([Document.from_text(t) for t in texts])
+    ids = predictor.tokenizer(windows, is_split_into_words=True, truncation=True, max_length=predictor.max_length)[
+        "input_ids"
+    ]
+    collate = PadCollator(predictor.tokenizer.pad_token_id or 0)
+    batches = [
+        collate([{"input_ids": ids[i]} for i in b])
+        for b in length_sorted_batches([len(x) for x in ids], predictor.batch_size)
+    ]
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for batch in batches:
+                predictor.network(**batch)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def end_to_end(model_dir: str, nerflow: dict, texts: list[str], rounds: int, folder: Path) -> list[dict]:
+    """predict_file (read, tokenize, windows, forward, decode, write) against the bare forward pass."""
+    from nerflow.tasks.prediction.files import predict_file
+
+    source = folder / "documents.txt"
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    rows = []
+    for name, predictor in nerflow.items():
+        bare = bare_forward_s(predictor, texts, rounds)
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.perf_counter()
+            predict_file(model_dir, source, folder / "out.jsonl", batch_size=predictor.batch_size, predictor=predictor)
+            best = min(best, time.perf_counter() - started)
+        rows.append(
+            {
+                "path": name,
+                "bare_forward_s": round(bare, 3),
+                "end_to_end_s": round(best, 3),
+                "end_to_end_sentences_per_s": round(len(texts) / best, 1),
+                "end_to_end_vs_bare_forward": round(bare / best, 3),
+            }
+        )
+    return rows
+
+
+def measure(model_dir: str, sentences: tuple, rounds: int, batch_size: int, work: Path) -> tuple[list[dict], dict]:
     texts, gold, spans = sentences
-    runners = variants(model_dir, batch_size)
+    nerflow = predictors(model_dir, batch_size, onnx_files(model_dir, work))
+    runners = variants(model_dir, batch_size, nerflow)
     best: dict[str, float] = {}
     outputs: dict[str, list] = {}
     for run in runners.values():
@@ -119,6 +194,9 @@ def measure(model_dir: str, sentences: tuple, rounds: int, batch_size: int) -> t
         for name, seconds in best.items()
     ]
     f1s = {row["variant"]: row["f1_vs_gold"] for row in rows}
+    paths = end_to_end(model_dir, nerflow, texts, rounds, work)
+    e2e = {row["path"]: row for row in paths}
+    spans_of = {name: [[(e["entity"], e["start"], e["end"]) for e in doc] for doc in outputs[name]] for name in nerflow}
     summary = {
         "sentences": len(texts),
         "rounds": rounds,
@@ -127,9 +205,21 @@ def measure(model_dir: str, sentences: tuple, rounds: int, batch_size: int) -> t
         "nerflow_vs_batched_pipeline": round(best["pipeline, batched"] / best["nerflow"], 2),
         "nerflow_f1_vs_gold": f1s["nerflow"],
         "pipeline_f1_vs_gold": f1s["pipeline, batched"],
-        "target": {"nerflow_vs_one_per_call": ">= 5"},
+        "onnx_fp32_same_entities_as_torch": spans_of["nerflow, onnx fp32"] == spans_of["nerflow"],
+        "onnx_fp32_f1_vs_gold": f1s["nerflow, onnx fp32"],
+        "onnx_int8_f1_vs_gold": f1s["nerflow, onnx int8"],
+        "onnx_int8_f1_minus_torch": round(f1s["nerflow, onnx int8"] - f1s["nerflow"], 4),
+        "end_to_end_vs_bare_forward": {name: row["end_to_end_vs_bare_forward"] for name, row in e2e.items()},
+        "onnx_int8_end_to_end_vs_torch": round(
+            e2e["nerflow"]["end_to_end_s"] / e2e["nerflow, onnx int8"]["end_to_end_s"], 2
+        ),
+        "target": {
+            "nerflow_vs_one_per_call": ">= 5",
+            "end_to_end_vs_bare_forward": ">= 0.7",
+            "onnx_int8_end_to_end_vs_torch": ">= 2 (F1 within 0.01)",
+        },
     }
-    return rows, summary
+    return rows + paths, summary
 
 
 def main() -> None:
@@ -138,7 +228,7 @@ def main() -> None:
     parser.add_argument("--model", help="a trained model folder (RUN_DIR/model); default: MiniLM fine-tuned here")
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", default="bench/results/predict.json")
     args = parser.parse_args()
 
@@ -148,7 +238,9 @@ def main() -> None:
         if model_dir is None:
             small = subset(folder, Path(tmp) / "data", {"train": 2000, "validation": 500, "test": 500})
             model_dir = fine_tuned_minilm(small, Path(tmp) / "runs")
-        rows, summary = measure(model_dir, gold_sentences(folder, args.sentences), args.rounds, args.batch_size)
+        rows, summary = measure(
+            model_dir, gold_sentences(folder, args.sentences), args.rounds, args.batch_size, Path(tmp)
+        )
     report(
         f"Batch prediction, {args.sentences} WikiANN-en test sentences (CPU threads as torch sets them)",
         rows,

@@ -1,5 +1,5 @@
-"""The pipeline, written once: ingest -> tokenize -> train -> evaluate -> card -> widget predictions ->
-publish -> track.
+"""The pipeline, written once: ingest -> tokenize -> train -> evaluate -> export (optional) -> card ->
+widget predictions -> publish -> track.
 
 `run_steps` runs the steps in this order, as Prefect tasks (the `finetune_ner` flow; the sweep, for its
 shared data steps) or as their plain functions (`steps=PLAIN`: the benchmarks and the test helpers), up
@@ -15,6 +15,7 @@ from typing import Any
 
 from nerflow.tasks.card import model_card_task, widget_predictions_task
 from nerflow.tasks.evaluate import EVALUATE, evaluate
+from nerflow.tasks.export import export, export_task
 from nerflow.tasks.ingest import ingest, ingest_task
 from nerflow.tasks.publish import publish_task
 from nerflow.tasks.refs import RunContext, TrackingRef, TrainJob
@@ -33,12 +34,13 @@ class Steps:
     tokenize: Callable
     train: Callable
     evaluate: Callable
+    export: Callable
     prefect: bool
 
 
-TASKS = Steps(ingest=ingest_task, tokenize=TOKENIZE, train=TRAIN, evaluate=EVALUATE, prefect=True)
-PLAIN = Steps(ingest=ingest, tokenize=tokenize, train=train_model, evaluate=evaluate, prefect=False)
-ORDER = ("ingest", "tokenize", "train", "evaluate", "card", "publish", "track")
+TASKS = Steps(ingest_task, TOKENIZE, TRAIN, EVALUATE, export_task, prefect=True)
+PLAIN = Steps(ingest, tokenize, train_model, evaluate, export, prefect=False)
+ORDER = ("ingest", "tokenize", "train", "evaluate", "export", "card", "publish", "track")
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Outputs:
     tokenized: Any = None
     model: Any = None
     evaluation: Any = None
+    export: Any = None
     card: Any = None
     widget_predictions: list | None = None
     publication: Any = None
@@ -77,6 +80,10 @@ def _evaluate(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> No
     out.evaluation = steps.evaluate(out.model, out.tokenized, s.evaluation, s.compute, ctx)
 
 
+def _export(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
+    out.export = steps.export(out.model, out.tokenized, s.export, s.compute, ctx)
+
+
 def _card(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
     out.card = model_card_task(out.model, out.evaluation, out.dataset, out.tokenized, s, ctx.run_name)
     out.widget_predictions = widget_predictions_task(out.model, out.card.widget_examples)
@@ -94,7 +101,7 @@ def _track(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
         )
 
 
-STAGES = dict(zip(ORDER, (_ingest, _tokenize, _train, _evaluate, _card, _publish, _track)))
+STAGES = dict(zip(ORDER, (_ingest, _tokenize, _train, _evaluate, _export, _card, _publish, _track)))
 # What only runs as Prefect tasks: the card, publishing and tracking report to the run page.
 PREFECT_ONLY = ("card", "publish", "track")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
@@ -41,7 +41,14 @@ def _deliver(local: Path, uri: str) -> None:
 
 @task(name="predict-file", cache_policy=NO_CACHE)
 def predict_file_task(
-    model_dir: str, input_path: str, output_path: str, input_format: str, labelled: bool, batch_size: int, stride: int
+    model_dir: str,
+    input_path: str,
+    output_path: str,
+    input_format: str,
+    labelled: bool,
+    batch_size: int,
+    stride: int,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     logger = get_run_logger()
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +59,9 @@ def predict_file_task(
             if done % 50 == 0 or done == total:
                 logger.info("batch %d of %d", done, total)
 
-        summary = predict_file(model_dir, local_in, local_out, input_format, labelled, batch_size, stride, progress)
+        summary = predict_file(
+            model_dir, local_in, local_out, input_format, labelled, batch_size, stride, progress, backend=backend
+        )
         _deliver(local_out, output_path)
         if labelled:
             _deliver(Path(str(local_out) + ".scores.json"), output_path + ".scores.json")
@@ -71,13 +80,16 @@ def predict_ner(
     labelled: bool = False,
     batch_size: int = 32,
     stride: int = 32,
+    backend: Literal["auto", "torch", "onnx"] = "auto",
 ) -> dict[str, Any]:
     """The model folder, the input and the output must lie where this worker's policy allows
     (nerflow.flows.policy), checked before anything is read; unusable input ends the run Failed "Invalid input"."""
     quiet_input_errors_on_console()
     try:
         check_predict_policy(model_dir, input_path, output_path)
-        summary = predict_file_task(model_dir, input_path, output_path, input_format, labelled, batch_size, stride)
+        summary = predict_file_task(
+            model_dir, input_path, output_path, input_format, labelled, batch_size, stride, backend
+        )
     except InputError as exc:
         return invalid_input(exc)
     create_table_artifact(key="prediction-summary", table=[dict(summary)], description="Batch prediction")

@@ -183,7 +183,17 @@ def template_context(
         "run_name": run_name,
         "curves_image": images.get("curves"),
         "confusion_image": images.get("confusion"),
+        "onnx": _onnx_parity(model),
     }
+
+
+def _onnx_parity(model: ModelRef) -> dict[str, Any] | None:
+    """The ONNX export's parity report, when the model folder holds a complete export."""
+    from nerflow.tasks.exporting.onnx import ONNX_DIR, PARITY_FILE
+    from nerflow.tasks.runtime.files import is_sealed
+
+    folder = Path(model.path) / ONNX_DIR
+    return json.loads((folder / PARITY_FILE).read_text()) if is_sealed(folder) else None
 
 
 def build_card(
@@ -272,7 +282,7 @@ def widget_predictions(model_dir: str, examples: list[str]) -> list[dict[str, An
     """Entities the model finds in each widget example, for the run summary."""
     from nerflow.tasks.prediction.tagger import NerPredictor
 
-    found = NerPredictor(model_dir).predict(examples)
+    found = NerPredictor(model_dir, backend="torch").predict(examples)
     return [{"text": text, "entities": entities} for text, entities in zip(examples, found)]
 
 

@@ -180,6 +180,13 @@ class EvaluationRef(BaseModel):
         return self.word_level["test"]
 
 
+class ExportRef(BaseModel):
+    """The model's ONNX export (model/onnx/) and its parity report (parity.json)."""
+
+    path: str
+    parity: dict[str, Any]
+
+
 class TrackingRef(BaseModel):
     """Where the run is tracked beyond its folder: the MLflow run (None without MLflow) and, once
     published, the registered model version."""

@@ -87,8 +87,13 @@ def test_predict_benchmark_compares_every_variant_on_the_same_sentences(tmp_path
         "--json",
         str(out),
     )
-    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
-    assert list(rows) == ["pipeline, one call per sentence", "pipeline, batched", "nerflow"]
+    all_rows = json.loads(out.read_text())["rows"]
+    rows = {r["variant"]: r for r in all_rows if "variant" in r}
+    paths = {r["path"]: r for r in all_rows if "path" in r}
+    nerflow = ["nerflow", "nerflow, onnx fp32", "nerflow, onnx int8"]
+    assert list(rows) == ["pipeline, one call per sentence", "pipeline, batched", *nerflow] and list(paths) == nerflow
+    assert all(p["end_to_end_vs_bare_forward"] > 0 and p["bare_forward_s"] > 0 for p in paths.values())
+    assert summary["onnx_fp32_same_entities_as_torch"] is True  # an exact export tags as torch does
     assert (
         summary["sentences"] == 40
         and summary["nerflow_vs_one_per_call"] == rows["nerflow"]["speedup_vs_one_per_call"] > 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(publish, PublishSettings, PUBLISH_FLAGS)
     publish.add_argument("--model-name", help="stable model name (S3 folder); default: from the run's settings")
 
+    export = sub.add_parser("export", help="export a finished run's model to ONNX (fp32 and int8) with a parity report")
+    export.add_argument("run_dir", help="a run folder (OUTPUT_DIR/RUN_NAME)")
+    export.add_argument("--no-int8", action="store_true", help="write only the fp32 model")
+    export.add_argument("--int8-f1-tolerance", type=float, default=None, help="default: export.int8_f1_tolerance")
+
     _add_pool_parser(sub)
     _add_sweep_parser(sub)
     _add_alerts_parser(sub)
@@ -186,6 +192,12 @@ def _predict_options(predict: argparse.ArgumentParser) -> argparse.ArgumentParse
     predict.add_argument("model_dir", help="a run's model folder (RUN_DIR/model)")
     predict.add_argument("text", nargs="*", help="one or more sentences (or use --input)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="torch, onnx (the model's ONNX export), or auto: onnx when exported and there is no GPU",
+    )
     predict.add_argument(
         "--input",
         help=(
@@ -302,6 +314,47 @@ def cmd_sweep(settings: RunSettings, args: argparse.Namespace) -> int:
 PUBLISH_LOCK_WAIT_S = 600.0
 
 
+def saved_settings(run_dir: Path) -> RunSettings:
+    """The settings a run folder was trained with (its settings.json)."""
+    saved = run_dir / "settings.json"
+    if not saved.is_file():
+        raise SettingsError(f"{saved} not found: not a nerflow run folder")
+    try:
+        return RunSettings.model_validate_json(saved.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        raise SettingsError(describe_validation_error(e, str(saved))) from e
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from nerflow.flows.pipeline import PLAIN, run_steps
+    from nerflow.tasks.export import export_model, model_decoding, parity_table
+    from nerflow.tasks.refs import RunContext
+    from nerflow.tasks.runtime.errors import ExportError
+    from nerflow.tasks.runtime.files import folder_lock
+    from nerflow.tasks.runtime.logs import quiet_third_party
+
+    quiet_third_party()
+    run_dir = Path(args.run_dir).resolve()
+    if not (run_dir / "model" / "config.json").is_file():
+        raise InputError(f"{run_dir}: not a finished nerflow run (no model/config.json)")
+    settings = saved_settings(run_dir)
+    cfg = settings.export.model_copy(update={"onnx": True, "int8": settings.export.int8 and not args.no_int8})
+    if args.int8_f1_tolerance is not None:
+        cfg = cfg.model_copy(update={"int8_f1_tolerance": args.int8_f1_tolerance})
+    ctx = RunContext.for_run(settings, run_dir.name, run_dir)
+    tokenized = run_steps(settings, ctx, PLAIN, until="tokenize").tokenized  # the test split, from the cache
+    try:
+        with folder_lock(run_dir, f"ONNX export of {run_dir.name}", wait_s=PUBLISH_LOCK_WAIT_S):
+            ref = export_model(run_dir / "model", tokenized, cfg, model_decoding(run_dir / "model"), 64)
+    except ExportError as e:
+        print(f"nerflow: {e}", file=sys.stderr)
+        return 1
+    for row in parity_table(ref.parity):
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    print(f"{ref.parity.get('int8', 'int8 not asked for')}\nwritten to {ref.path}")
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -314,15 +367,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     publish = settings_from_flags(args, PublishSettings, PUBLISH_FLAGS, "publish options")
     model_name = args.model_name
     if not model_name:
-        saved = run_dir / "settings.json"
-        if not saved.is_file():
-            raise SettingsError(f"{saved} not found: pass --model-name or a nerflow run folder")
         try:
-            run_settings = RunSettings.model_validate_json(saved.read_text(encoding="utf-8"))
-        except ValidationError as e:
-            raise SettingsError(
-                describe_validation_error(e, str(saved)) + "\n(pass --model-name to publish without it)"
-            ) from e
+            run_settings = saved_settings(run_dir)
+        except SettingsError as e:
+            raise SettingsError(f"{e}\n(pass --model-name to publish without it)") from e
         model_name = run_settings.model_copy(update={"publish": publish}).resolved_model_name()
     from nerflow.tasks.runtime.files import folder_lock
 
@@ -419,20 +467,21 @@ def cmd_predict_file(args: argparse.Namespace) -> int:
         args.stride,
         progress,
         args.scheme,
+        args.backend,
     )
     bar.close()
     print(json.dumps(summary) if args.json else "\n".join(f"{k:<9}: {v}" for k, v in summary.items()))
     return 0
 
 
-def cmd_predict(model_dir: str, texts: list[str], as_json: bool) -> int:
+def cmd_predict(model_dir: str, texts: list[str], as_json: bool, backend: str = "auto") -> int:
     from nerflow.tasks.prediction.tagger import NerPredictor
     from nerflow.tasks.runtime.logs import quiet_third_party
 
     quiet_third_party()
     if not texts:
         raise InputError("give sentences to tag, or --input FILE --output FILE.jsonl")
-    results = NerPredictor(model_dir).predict(texts)
+    results = NerPredictor(model_dir, backend=backend).predict(texts)
     if as_json:
         print(json.dumps([{"text": t, "entities": r} for t, r in zip(texts, results)], ensure_ascii=False, indent=2))
         return 0
@@ -462,9 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NERFLOW_VERBOSE"] = "1"
     try:
         if args.command == "predict":
-            return cmd_predict_file(args) if args.input else cmd_predict(args.model_dir, args.text, args.json)
+            return (
+                cmd_predict_file(args)
+                if args.input
+                else cmd_predict(args.model_dir, args.text, args.json, args.backend)
+            )
         if args.command == "publish":
             return cmd_publish(args)
+        if args.command == "export":
+            return cmd_export(args)
         if args.command == "pool":
             return cmd_pool_create(args)
         if args.command == "alerts":

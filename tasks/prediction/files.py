@@ -128,6 +128,8 @@ def predict_file(
     stride: int = 32,
     progress: Callable[[int, int], None] | None = None,
     scheme: str = "source",
+    backend: str = "auto",
+    predictor: NerPredictor | None = None,
 ) -> dict[str, Any]:
     """Tag every document of input_path into output_path (JSON lines, or word-per-line blocks for a
     .conll output); with labelled, also write OUTPUT.scores.json (word-level seqeval against the
@@ -136,7 +138,7 @@ def predict_file(
     from nerflow.tasks.data.schemes import SCHEMES
 
     docs, ids, gold = read_documents(Path(input_path), fmt)
-    predictor = NerPredictor(model_dir, batch_size=batch_size, stride=stride)
+    predictor = predictor or NerPredictor(model_dir, batch_size=batch_size, stride=stride, backend=backend)
     scheme = predictor.tag_scheme if scheme == "source" else scheme
     if scheme not in SCHEMES:
         raise InputError(f"--scheme {scheme!r}: one of source, {', '.join(SCHEMES)}")
@@ -144,8 +146,9 @@ def predict_file(
         gold_tag_names(gold, docs, predictor.label_names, Path(input_path)) if labelled else (None, None)
     )
     scores = predictor.word_scores(docs, progress)
-    entities = predictor.predict_documents_from_scores(docs, scores)
-    tags = predictor.tags(scores, scheme)
+    tag_ids = predictor.tag_ids(scores)  # decoded once: entities, written tags and scores share it
+    entities = predictor.predict_documents_from_scores(docs, scores, tag_ids)
+    tags = predictor.tags(tag_ids, scheme)
     summary: dict[str, Any] = {
         "documents": len(docs),
         "words": sum(len(d.words) for d in docs),
@@ -156,7 +159,7 @@ def predict_file(
     if labelled:
         from nerflow.tasks.scoring.metrics import seqeval_scores
 
-        y_pred = [[predictor.label_names[t] for t in doc] for doc in predictor.tag_ids(scores)]
+        y_pred = [[predictor.label_names[t] for t in doc] for doc in tag_ids]
         word_level = seqeval_scores(y_true, y_pred) | {
             "decoding": predictor.decoding,
             "documents": len(docs),

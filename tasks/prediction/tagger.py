@@ -99,44 +99,57 @@ def word_windows(pieces: Sequence[int], budget: int, stride: int) -> list[tuple[
     return windows
 
 
-class NerPredictor:
-    """A saved model folder, loaded once, that turns documents into entities."""
+BACKENDS = ("auto", "torch", "onnx")
 
-    def __init__(self, model_dir: str | Path, batch_size: int = 32, stride: int = 32) -> None:
-        import torch
-        from transformers import AutoTokenizer
+
+class NerPredictor:
+    """A saved model folder, loaded once, that turns documents into entities.
+
+    `backend`: 'torch', 'onnx' (the folder's ONNX export: int8 when the export kept it, else fp32), or
+    'auto' (ONNX when the folder has an export, onnxruntime is installed and there is no GPU). Both run
+    the same windows and decoding. `onnx_file` picks one ONNX file (benchmarks compare fp32 and int8)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        batch_size: int = 32,
+        stride: int = 32,
+        backend: str = "auto",
+        onnx_file: str | Path | None = None,
+    ) -> None:
+        from transformers import AutoConfig, AutoTokenizer
 
         from nerflow.tasks.runtime.errors import InputError
-        from nerflow.tasks.scoring.inference import choose_device
-        from nerflow.tasks.training.pretrained import load_network
 
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise InputError(f"{path}: not a model folder (no config.json); pass RUN_DIR/model")
-        device, bf16, fp16 = choose_device("auto")
         try:
-            self.network = load_network(path).to(device).eval()
+            config = AutoConfig.from_pretrained(path)
             self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.network, self.autocast_dtype, self.backend = _network(path, backend, onnx_file)
+        except InputError:
+            raise
         except (OSError, ValueError) as e:  # a broken config.json, missing weights, an unreadable tokenizer
             raise InputError(f"{path}: not a model folder nerflow can load: {str(e).splitlines()[0][:300]}") from e
-        config = self.network.config
         self.label_names = [config.id2label[i] for i in range(config.num_labels)]
         self.decoding = getattr(config, "nerflow_decoding", None) or "argmax"
         self.tag_scheme = getattr(config, "nerflow_tag_scheme", None) or "iob2"  # the training data's scheme
         self.max_length = min(self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
         self.batch_size, self.stride = batch_size, stride
-        self.autocast_dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else None
 
     def _windows(self, docs: Sequence[Document]) -> tuple[list[list[str]], list[tuple[int, int, int]]]:
         """Every window's words, and (document, first word, end word) of each."""
         budget = self.max_length - self.tokenizer.num_special_tokens_to_add()
         stride = min(self.stride, budget // 2)
         windows, where = [], []
-        for i, doc in enumerate(docs):
-            if not doc.words:
-                continue
-            pieces = [max(1, len(ids)) for ids in self.tokenizer(doc.words, add_special_tokens=False)["input_ids"]]
-            for start, end in word_windows(pieces, budget, stride):
+        # Subwords per word of every document, from one batched call of the fast tokenizer.
+        nonempty = [i for i, doc in enumerate(docs) if doc.words]
+        encoded = self.tokenizer([docs[i].words for i in nonempty], is_split_into_words=True, add_special_tokens=False)
+        for row, i in enumerate(nonempty):
+            doc = docs[i]
+            pieces = np.bincount([w for w in encoded.word_ids(row) if w is not None], minlength=len(doc.words))
+            for start, end in word_windows(np.maximum(pieces, 1).tolist(), budget, stride):
                 windows.append(doc.words[start:end])
                 where.append((i, start, end))
         return windows, where
@@ -169,10 +182,11 @@ class NerPredictor:
             progress=progress,
         ).word_scores
         for (doc, start, end), window_scores in zip(where, per_window):
-            for k in range(end - start):
-                centrality = min(k, end - start - 1 - k)
-                if centrality > best[doc][start + k]:
-                    best[doc][start + k], scores[doc][start + k] = centrality, window_scores[k]
+            k = np.arange(end - start)
+            centrality = np.minimum(k, end - start - 1 - k)
+            better = centrality > best[doc][start:end]
+            best[doc][start:end][better] = centrality[better]
+            scores[doc][start:end][better] = window_scores[better]
         return scores
 
     def predict_documents(
@@ -183,10 +197,12 @@ class NerPredictor:
         return self.predict_documents_from_scores(docs, self.word_scores(docs, progress))
 
     def predict_documents_from_scores(
-        self, docs: Sequence[Document], scores: list[np.ndarray]
+        self, docs: Sequence[Document], scores: list[np.ndarray], tag_ids: list[list[int]] | None = None
     ) -> list[list[dict[str, Any]]]:
+        """Entities from word scores (and their decoded tag ids, when the caller has them already)."""
         out = []
-        for doc, word_scores, tag_ids in zip(docs, scores, decode(scores, self.label_names, self.decoding)):
+        decoded = tag_ids if tag_ids is not None else self.tag_ids(scores)
+        for doc, word_scores, tag_ids in zip(docs, scores, decoded):
             probs = [float(np.exp(word_scores[w, t])) for w, t in enumerate(tag_ids)]
             entities = []
             for kind, first, last, score in entity_spans([self.label_names[t] for t in tag_ids], probs):
@@ -204,12 +220,43 @@ class NerPredictor:
         """Each document's word tag ids, decoded as the model was evaluated."""
         return decode(scores, self.label_names, self.decoding)
 
-    def tags(self, scores: list[np.ndarray], scheme: str) -> list[list[str]]:
-        """Each document's word tags, written in `scheme` (nerflow.tasks.data.schemes)."""
+    def tags(self, tag_ids: list[list[int]], scheme: str) -> list[list[str]]:
+        """Each document's word tags from its tag ids, written in `scheme` (nerflow.tasks.data.schemes)."""
         from nerflow.tasks.data.schemes import convert
 
-        return [convert([self.label_names[t] for t in ids], "iob2", scheme) for ids in self.tag_ids(scores)]
+        return [convert([self.label_names[t] for t in ids], "iob2", scheme) for ids in tag_ids]
 
     def predict(self, texts: list[str]) -> list[list[dict[str, Any]]]:
         """One list per text of {entity, text, score, start, end}."""
         return self.predict_documents([Document.from_text(t) for t in texts])
+
+
+def _network(path: Path, backend: str, onnx_file: str | Path | None):
+    """(network, autocast dtype, backend used) for the model folder."""
+    import torch
+
+    from nerflow.tasks.exporting.onnx import OnnxNetwork
+    from nerflow.tasks.exporting.onnx import onnx_file as exported
+    from nerflow.tasks.runtime.errors import InputError
+    from nerflow.tasks.scoring.inference import choose_device
+    from nerflow.tasks.training.pretrained import load_network
+
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    found = Path(onnx_file) if onnx_file else exported(path)
+    if backend == "onnx" and found is None:
+        raise InputError(f"{path}: no complete ONNX export in {path / 'onnx'}; make one with `nerflow export RUN_DIR`")
+    if backend == "onnx" or (backend == "auto" and found is not None and _onnx_fits()):
+        return OnnxNetwork(found), None, "onnx"
+    device, bf16, fp16 = choose_device("auto")
+    network = load_network(path).to(device).eval()
+    return network, torch.bfloat16 if bf16 else torch.float16 if fp16 else None, "torch"
+
+
+def _onnx_fits() -> bool:
+    """auto picks ONNX on a machine without a GPU, when onnxruntime is installed."""
+    import importlib.util
+
+    import torch
+
+    return not torch.cuda.is_available() and importlib.util.find_spec("onnxruntime") is not None

@@ -141,7 +141,7 @@ def _commit_run(
             commit_description=f"Trained by nerflow run {run_id}; word-level test F1 {test_f1:.4f}.",
             create_pr=settings.hub_create_pr,
             parent_commit=None if settings.hub_create_pr else parent,
-            ignore_patterns=[SEAL],
+            ignore_patterns=[SEAL, f"*/{SEAL}"],  # nerflow's completeness records, in model/ and onnx/
         )
     except HfHubHTTPError as exc:
         if http_status(exc) == 412:

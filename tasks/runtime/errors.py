@@ -17,6 +17,10 @@ class PublishError(RuntimeError):
     """Publishing cannot succeed without a change by the user (credentials, permissions, names)."""
 
 
+class ExportError(RuntimeError):
+    """An export that would not behave as the trained model does; nothing of it was written."""
+
+
 class FolderBusy(InputError):
     """Another run holds the folder (nerflow.tasks.runtime.files.folder_lock)."""
 

@@ -313,6 +313,23 @@ class EvaluationSettings(_Section):
     )
 
 
+class ExportSettings(_Section):
+    """The model as ONNX, for runtimes without PyTorch (model/onnx/, the layout of ONNX repos on the Hub)."""
+
+    onnx: bool = Field(
+        False,
+        description="Export the trained model to model/onnx/model.onnx (fp32, dynamic batch and sequence) with a "
+        "parity report on the test split; the export fails, writing nothing, if fp32 changes any word's tag.",
+    )
+    int8: bool = Field(
+        True, description="Also write model_quantized.onnx (dynamic int8): about twice as fast on a CPU."
+    )
+    int8_f1_tolerance: float = Field(
+        0.01, ge=0, le=1, description="Keep the int8 model only if its test F1 is at most this much below torch's."
+    )
+    opset: int = Field(18, ge=18, le=23, description="ONNX opset of the export (torch.export writes 18 and later).")
+
+
 class TrackingSettings(_Section):
     """Experiment tracking. Keys and passwords come from Prefect Secret blocks or the environment, never from here."""
 
@@ -432,6 +449,7 @@ class RunSettings(_Section):
         default_factory=RecordSettings, description="Checkpoints kept, logging, model reuse."
     )
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Scoring and decoding.")
+    export: ExportSettings = Field(default_factory=ExportSettings, description="ONNX export.")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Experiment tracking.")
     alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alerts for failed runs.")
     card: CardSettings = Field(default_factory=CardSettings, description="Model card.")
