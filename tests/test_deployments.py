@@ -11,11 +11,26 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
+import yaml
 
 from conftest import SAMPLE_DIR
-from serve_stack import AUTH, TRAINING, api, deployment_id, deployment_spec, read_run, start_serve, stop_serve, wait_for
+from serve_stack import (
+    AUTH,
+    TRAINING,
+    api,
+    deployment_id,
+    deployment_spec,
+    finished_run,
+    free_port,
+    read_run,
+    start_serve,
+    stop_serve,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow  # a real Prefect server, work pool, deployments and worker
 
@@ -352,3 +367,64 @@ def test_a_burst_of_events_for_one_revision_runs_every_run_and_trains_once(stack
     ]
     assert len(trained) <= 1
     assert sum("already handled" in (r["state"]["message"] or "") for r in runs) >= 4
+
+
+def test_pushed_hub_and_minio_changes_start_one_run_each_and_nothing_else_does(stack):
+    """`nerflow hooks` against the stack: deliveries as the Hub and MinIO send them, through the
+    training deployment's trigger from deployments/prefect.yaml."""
+    from test_hooks import SECRET, hub_payload, minio_payload, s3_record
+
+    root = stack["root"]
+    config = root / "hooks.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hub": {"datasets": {"unimelb-nlp/wikiann": "wikiann-bn"}},
+                "s3": {"datasets": [{"bucket": "datasets", "prefix": "wikiann-bn/", "dataset": "wikiann-bn"}]},
+            }
+        )
+    )
+    port = free_port()
+    env = {**stack["env"], "NERFLOW_HUB_WEBHOOK_SECRET": SECRET, "NERFLOW_S3_WEBHOOK_SECRET": SECRET}
+    cmd = [sys.executable, "-m", "nerflow.flows.cli.main", "hooks", "--config", str(config), "--port", str(port)]
+    hooks = subprocess.Popen(
+        [*cmd, "--state-dir", str(root / "hooks")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert "listening on http://127.0.0.1:" in hooks.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+
+        def deliver(path, body, headers):
+            request = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    return answer.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        hub, s3 = {"X-Webhook-Secret": SECRET}, {"Authorization": f"Bearer {SECRET}"}
+        sha, etag = "a" * 40, "e" * 32
+        assert deliver("/hub", hub_payload(sha=sha), hub) == 200
+        assert deliver("/s3", minio_payload(s3_record(etag=etag)), s3) == 200
+        refused = {
+            "bad-secret": deliver("/hub", hub_payload(sha="b" * 40), {"X-Webhook-Secret": "guess"}),
+            "unmapped": deliver("/hub", hub_payload(name="someone/else", sha="c" * 40), hub),
+            "model-repo": deliver("/hub", hub_payload(kind="model", sha="d" * 40), hub),
+            "malformed": deliver("/hub", {"repo": {"headSha": "f" * 40}}, hub),
+            "replay": deliver("/hub", hub_payload(sha=sha), hub),
+        }
+        assert refused == {"bad-secret": 401, "unmapped": 422, "model-repo": 200, "malformed": 400, "replay": 200}
+
+        def runs_for(revision):
+            return [r for r in flow_runs(stack) if r["parameters"].get("dataset_revision") == revision]
+
+        wait_for("a run per pushed revision", lambda: runs_for(sha) and runs_for(etag), timeout_s=120)
+        time.sleep(10)  # what the trigger would have started for the refused deliveries has started by now
+        assert len(runs_for(sha)) == 1 and len(runs_for(etag)) == 1
+        assert [r for c in ("b", "c", "d", "f") for r in runs_for(c * 40)] == []
+        for run in runs_for(sha) + runs_for(etag):
+            finished_run(stack, run["id"], timeout_s=420)
+    finally:
+        hooks.terminate()
+        log = hooks.communicate(timeout=30)[1]
+    assert SECRET not in log and log.count("POST /hub") == 6 and log.count("POST /s3") == 1

@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pool_parser(sub)
     _add_sweep_parser(sub)
     _add_alerts_parser(sub)
+    _add_hooks_parser(sub)
     _add_trigger_and_serve_parsers(sub)
     _add_predict_parser(sub)
     return parser
@@ -161,6 +162,18 @@ def _add_alerts_parser(sub) -> None:
     alerts_create.add_argument(
         "--name", default="nerflow-alerts", help="block name (alerts.notification_block: custom-webhook/NAME)"
     )
+
+
+def _add_hooks_parser(sub) -> None:
+    hooks = sub.add_parser("hooks", help="receive Hub webhooks and S3 event notifications as dataset-update events")
+    hooks.add_argument(
+        "--config", required=True, help="which repos and buckets train which dataset (deployments/hooks.yaml)"
+    )
+    hooks.add_argument(
+        "--host", default="127.0.0.1", help="listen address (default 127.0.0.1: put a TLS proxy in front)"
+    )
+    hooks.add_argument("--port", type=int, default=4300)
+    hooks.add_argument("--state-dir", default="hooks", help="where the revisions already delivered are kept")
 
 
 def _add_trigger_and_serve_parsers(sub) -> None:
@@ -323,6 +336,30 @@ def saved_settings(run_dir: Path) -> RunSettings:
         return RunSettings.model_validate_json(saved.read_text(encoding="utf-8"))
     except ValidationError as e:
         raise SettingsError(describe_validation_error(e, str(saved))) from e
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    import logging
+
+    from nerflow.flows.cli.hooks import serve_hooks
+
+    handler = logging.StreamHandler(sys.stderr)  # one line per delivery, whatever logging Prefect set up
+    handler.setFormatter(logging.Formatter("%(asctime)s nerflow hooks: %(message)s"))
+    log = logging.getLogger("nerflow.hooks")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    server = serve_hooks(Path(args.config), args.host, args.port, Path(args.state_dir))
+    print(
+        f"nerflow hooks: listening on http://{args.host}:{server.server_address[1]} (POST /hub, POST /s3)", flush=True
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -520,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_publish(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "hooks":
+            return cmd_hooks(args)
         if args.command == "pool":
             return cmd_pool_create(args)
         if args.command == "alerts":
