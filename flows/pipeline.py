@@ -1,5 +1,5 @@
-"""The pipeline, written once: ingest -> tokenize -> train -> evaluate -> export (optional) -> card ->
-widget predictions -> publish -> track.
+"""The pipeline, written once: ingest -> tokenize -> train -> evaluate -> analyze -> export (optional) ->
+card -> widget predictions -> publish -> track.
 
 `run_steps` runs the steps in this order, as Prefect tasks (the `finetune_ner` flow; the sweep, for its
 shared data steps) or as their plain functions (`steps=PLAIN`: the benchmarks and the test helpers), up
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nerflow.tasks.analyze import analyze, analyze_task
 from nerflow.tasks.card import model_card_task, widget_predictions_task
 from nerflow.tasks.evaluate import EVALUATE, evaluate
 from nerflow.tasks.export import export, export_task
@@ -34,13 +35,14 @@ class Steps:
     tokenize: Callable
     train: Callable
     evaluate: Callable
+    analyze: Callable
     export: Callable
     prefect: bool
 
 
-TASKS = Steps(ingest_task, TOKENIZE, TRAIN, EVALUATE, export_task, prefect=True)
-PLAIN = Steps(ingest, tokenize, train_model, evaluate, export, prefect=False)
-ORDER = ("ingest", "tokenize", "train", "evaluate", "export", "card", "publish", "track")
+TASKS = Steps(ingest_task, TOKENIZE, TRAIN, EVALUATE, analyze_task, export_task, prefect=True)
+PLAIN = Steps(ingest, tokenize, train_model, evaluate, analyze, export, prefect=False)
+ORDER = ("ingest", "tokenize", "train", "evaluate", "analyze", "export", "card", "publish", "track")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Outputs:
     tokenized: Any = None
     model: Any = None
     evaluation: Any = None
+    analysis: Any = None
     export: Any = None
     card: Any = None
     widget_predictions: list | None = None
@@ -80,6 +83,12 @@ def _evaluate(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> No
     out.evaluation = steps.evaluate(out.model, out.tokenized, s.evaluation, s.compute, ctx)
 
 
+def _analyze(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
+    # The label-issue finder trains fold models with the train step's own function.
+    job = train_job(s, out, ctx)
+    out.analysis = steps.analyze(out.model, out.dataset, out.tokenized, s.analysis, job, ctx, train_model)
+
+
 def _export(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
     out.export = steps.export(out.model, out.tokenized, s.export, s.compute, ctx)
 
@@ -101,7 +110,7 @@ def _track(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
         )
 
 
-STAGES = dict(zip(ORDER, (_ingest, _tokenize, _train, _evaluate, _export, _card, _publish, _track)))
+STAGES = dict(zip(ORDER, (_ingest, _tokenize, _train, _evaluate, _analyze, _export, _card, _publish, _track)))
 # What only runs as Prefect tasks: the card, publishing and tracking report to the run page.
 PREFECT_ONLY = ("card", "publish", "track")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
@@ -184,7 +185,18 @@ def template_context(
         "curves_image": images.get("curves"),
         "confusion_image": images.get("confusion"),
         "onnx": _onnx_parity(model),
+        "schemas": evaluation.test_schemas,
+        "error_classes": evaluation.test_error_classes,
+        "label_issues": _label_issue_count(model),
     }
+
+
+def _label_issue_count(model: ModelRef) -> int | None:
+    """How many training sentences the run's label-issue finder flagged (None: it did not run)."""
+    from nerflow.tasks.analysis.label_issues import ISSUES_FILE
+
+    path = Path(model.run_dir) / ISSUES_FILE
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else None
 
 
 def _onnx_parity(model: ModelRef) -> dict[str, Any] | None:
@@ -303,7 +315,29 @@ def model_card_task(
 ) -> CardRef:
     ref = render_model_card(model, evaluation, dataset, tokenized, settings, run_name)
     get_run_logger().info("model card written to %s (with %s)", ref.path, ", ".join(ref.images) or "no pictures")
+    if ref.images:
+        create_markdown_artifact(key="model-pictures", markdown=pictures_markdown(Path(model.path), ref.images))
     return ref
+
+
+PICTURE_TITLES = {
+    TRAINING_CURVES: "Training loss and validation F1 per epoch",
+    CONFUSION_MATRIX: "Test words: gold vs predicted entity type",
+}
+
+
+def pictures_markdown(model_dir: Path, images: list[str]) -> str:
+    """The card's pictures inline (data: URIs), so the run page in the Prefect UI shows them."""
+    import base64
+
+    parts = ["# Pictures of the model card"]
+    for name in images:
+        data = base64.b64encode((model_dir / name).read_bytes()).decode()
+        parts += [
+            f"## {PICTURE_TITLES.get(name, name)}",
+            f"![{PICTURE_TITLES.get(name, name)}](data:image/png;base64,{data})",
+        ]
+    return "\n\n".join(parts)
 
 
 @task(name="widget-predictions", cache_policy=CacheKeyFnPolicy(cache_key_fn=_widget_cache_key), **JSON_RESULTS)

@@ -17,6 +17,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
+from nerflow.tasks.analysis.errors import error_classes, schema_scores
 from nerflow.tasks.refs import EvaluationRef, ModelRef, RunContext, TokenizedRef
 from nerflow.tasks.runtime.caching import JSON_RESULTS, CachedStep, fingerprint, model_identity
 from nerflow.tasks.runtime.files import atomic_write_json
@@ -79,6 +80,7 @@ def evaluate_model(
         )
         if split_name == "test":
             confusion = type_confusion(*decoded, names)
+            schemas, errors = schema_scores(*decoded), error_classes(*decoded)
     metrics = {
         "word_level": word_level,
         "word_level_note": f"{WORD_LEVEL_NOTE}; {DECODING_NOTE[decoding]}",
@@ -90,6 +92,9 @@ def evaluate_model(
         "alignment": tokenized.alignment,
         "label_names": names,
         "test_confusion": confusion,
+        "test_schemas": schemas,
+        "test_schemas_note": "seqeval strict mode; nervaluate's SemEval-2013 schemas",
+        "test_error_classes": errors,
     }
     path = atomic_write_json(Path(run_dir) / "metrics.json", metrics)
     return EvaluationRef(
@@ -99,7 +104,23 @@ def evaluate_model(
         word_level_argmax=argmax,
         subword_level_tutorial_f1=subword_f1,
         test_confusion=confusion,
+        test_schemas=schemas,
+        test_error_classes=errors,
     )
+
+
+def schema_table(ev: EvaluationRef) -> list[dict[str, Any]]:
+    """Test scores per matching rule: seqeval's default and strict modes, nervaluate's four schemas."""
+    rows = [
+        {"rule": "seqeval (default, conlleval)", **{k: round(ev.test[k], 4) for k in ("precision", "recall", "f1")}}
+    ]
+    rows.append({"rule": "seqeval strict", **ev.test_schemas.get("seqeval_strict", {})})
+    rows += [{"rule": f"nervaluate {schema}", **r} for schema, r in ev.test_schemas.get("overall", {}).items()]
+    return rows
+
+
+def error_table(ev: EvaluationRef) -> list[dict[str, Any]]:
+    return [{"entity": kind, **counts} for kind, counts in ev.test_error_classes.items()]
 
 
 def overall_table(ev: EvaluationRef) -> list[dict[str, Any]]:
@@ -128,7 +149,7 @@ def _evaluate_cache_key(context, inputs: dict[str, Any]) -> str:
     model: ModelRef = inputs["model"]
     # The model by its files' identities (a model linked into another run folder keeps them), not its path.
     return "evaluate-" + fingerprint(
-        "nerflow-evaluate-v5",
+        "nerflow-evaluate-v6",
         model_identity(model.path),
         inputs["tokenized"].cache_key,
         inputs["cfg"].decoding,
@@ -163,6 +184,10 @@ def evaluate_task(
     create_table_artifact(key="metrics-overall", table=overall_table(ev), description=WORD_LEVEL_NOTE)
     create_table_artifact(
         key="metrics-per-entity", table=per_entity_table(ev), description="Test split, word level, per entity type"
+    )
+    create_table_artifact(key="metrics-schemas", table=schema_table(ev), description="Test split, by matching rule")
+    create_table_artifact(
+        key="error-classes", table=error_table(ev), description="Test entities by kind of error, per entity type"
     )
     return ev
 

@@ -174,10 +174,27 @@ class EvaluationRef(BaseModel):
     subword_level_tutorial_f1: dict[str, float]
     test_confusion: dict[str, Any]
     """Word counts by gold and predicted entity type on the test split (B-/I- merged)."""
+    test_schemas: dict[str, Any] = {}
+    """Test scores under seqeval's strict mode and nervaluate's schemas (nerflow.tasks.analysis.errors)."""
+    test_error_classes: dict[str, dict[str, int]] = {}
+    """Test entities by kind of error (correct, type, boundary, boundary+type, missed, spurious), per type."""
 
     @property
     def test(self) -> dict[str, Any]:
         return self.word_level["test"]
+
+
+class AnalysisRef(BaseModel):
+    """The run's error analysis (errors.jsonl) and, when asked, its label issues (label_issues.jsonl)."""
+
+    errors_path: str
+    worst: list[dict[str, Any]] = []
+    """The first test sentences of errors.jsonl (highest loss first)."""
+    label_issues_path: str | None = None
+    label_issues: int = 0
+    """Training sentences flagged as likely mislabelled."""
+    train_sentences: int = 0
+    top_issues: list[dict[str, Any]] = []
 
 
 class ExportRef(BaseModel):

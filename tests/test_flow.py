@@ -63,6 +63,22 @@ def first_run(shared_settings):
     return state, state.result()
 
 
+def test_a_run_explains_its_errors_by_rule_kind_and_sentence(first_run):
+    _, result = first_run
+    run_dir = Path(result.run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    schemas, errors = metrics["test_schemas"], metrics["test_error_classes"]
+    assert set(schemas["overall"]) == {"strict", "exact", "partial", "ent_type"} and "f1" in schemas["seqeval_strict"]
+    strict = schemas["overall"]["strict"]  # both count every gold entity once
+    gold_entities = sum(c for k, c in errors["all"].items() if k != "spurious")
+    assert gold_entities == sum(strict[k] for k in ("correct", "incorrect", "partial", "missed")) > 0
+    worst = [json.loads(line) for line in (run_dir / "errors.jsonl").read_text().splitlines()]
+    assert 0 < len(worst) <= 50 and [w["loss"] for w in worst] == sorted((w["loss"] for w in worst), reverse=True)
+    assert {"text", "gold", "predicted", "errors"} <= set(worst[0])
+    card = (Path(result.model_dir) / "README.md").read_text()
+    assert "By matching rule" in card and "by kind of error" in card and "Label issues" not in card  # off by default
+
+
 def test_a_run_writes_a_complete_run_folder(shared_settings, first_run):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForTokenClassification

@@ -40,6 +40,10 @@ ARTIFACT_KEYS = [
     "training-epochs",
     "metrics-overall",
     "metrics-per-entity",
+    "metrics-schemas",
+    "error-classes",
+    "worst-sentences",
+    "model-pictures",
     "run-summary",
 ]
 
@@ -160,6 +164,22 @@ def test_custom_run_from_the_ui_and_its_artifacts(ui_stack, request):
             expect(page.get_by_text(key, exact=True).first).to_be_visible(timeout=30000)
         page.wait_for_timeout(500)  # let the cards finish painting before the picture
         page.screenshot(path=str(shots / "flow-run-artifacts.png"), full_page=True)
+
+        # The card's pictures on the run's artifact page, drawn by the browser (not only PNG files).
+        (pictures,) = get_json(
+            f"{base}/api/artifacts/filter",
+            auth,
+            {"artifacts": {"key": {"any_": ["model-pictures"]}, "flow_run_id": {"any_": [run["id"]]}}},
+        )
+        page.goto(f"{base}/artifacts/artifact/{pictures['id']}")
+        images = page.locator("img[alt='Training loss and validation F1 per epoch'], img[alt^='Test words']")
+        expect(images.first).to_be_visible(timeout=30000)
+        drawn = images.evaluate_all("imgs => imgs.map(i => [i.alt, i.complete && i.naturalWidth > 100])")
+        assert sorted(drawn) == [
+            ["Test words: gold vs predicted entity type", True],
+            ["Training loss and validation F1 per epoch", True],
+        ]
+        page.screenshot(path=str(shots / "model-pictures.png"), full_page=True)
         browser.close()
 
     models = list((ui_stack["root"] / "runs").glob("*/model/model.safetensors"))

@@ -313,6 +313,22 @@ class EvaluationSettings(_Section):
     )
 
 
+class AnalysisSettings(_Section):
+    """Why the model errs and where the training data is probably wrong (errors.jsonl, label_issues.jsonl)."""
+
+    worst_sentences: int = Field(
+        50, ge=1, le=10_000, description="Test sentences of highest loss written to errors.jsonl."
+    )
+    label_issues: Literal["off", "on"] = Field(
+        "off",
+        description="'on': find probably mislabelled training sentences with cleanlab from out-of-fold predictions: "
+        "`folds` more trainings of the same recipe, each on the other folds. Never edits the data.",
+    )
+    folds: int = Field(
+        3, ge=2, le=10, description="Folds of the training split for label_issues (k-fold cross-fitting)."
+    )
+
+
 class ExportSettings(_Section):
     """The model as ONNX, for runtimes without PyTorch (model/onnx/, the layout of ONNX repos on the Hub)."""
 
@@ -449,6 +465,7 @@ class RunSettings(_Section):
         default_factory=RecordSettings, description="Checkpoints kept, logging, model reuse."
     )
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Scoring and decoding.")
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings, description="Error analysis and label issues.")
     export: ExportSettings = Field(default_factory=ExportSettings, description="ONNX export.")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Experiment tracking.")
     alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alerts for failed runs.")
