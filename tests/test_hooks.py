@@ -92,7 +92,7 @@ def receiver(tmp_path):
     server = ThreadingHTTPServer(
         ("127.0.0.1", 0), make_handler(Receiver(config, deliveries, {"hub": SECRET, "s3": SECRET}), 4096)
     )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield {
         "url": f"http://127.0.0.1:{server.server_address[1]}",
         "sent": sent,
@@ -245,7 +245,7 @@ def test_an_sns_subscription_is_confirmed_only_for_an_allowed_topic_and_host(rec
             pass
 
     sns = ThreadingHTTPServer(("127.0.0.1", 0), SNS)
-    threading.Thread(target=sns.serve_forever, daemon=True).start()
+    threading.Thread(target=sns.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     url = f"http://127.0.0.1:{sns.server_address[1]}/?Action=ConfirmSubscription&Token=2336412f37"
     body = {
         "Type": "SubscriptionConfirmation",

@@ -325,15 +325,15 @@ def make_handler(receiver: Receiver, max_body: int):
             self._answer(status, answer)
 
         def _answer(self, status: int, answer: dict, log_it: bool = True) -> None:
+            if log_it:  # before answering: the line is there once the source has its answer
+                where = urllib.parse.urlsplit(self.path).path  # never the query: it may hold a token
+                log.info("%s %s: %s", self.command, where, _describe(status, answer))
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-            if log_it:
-                where = urllib.parse.urlsplit(self.path).path  # never the query: it may hold a token
-                log.info("%s %s: %s", self.command, where, _describe(status, answer))
 
         def log_message(self, *args):  # one line per delivery is ours (above), not http.server's
             pass
