@@ -248,3 +248,27 @@ def tiny_run_settings(tiny_bert: Path, runs_root: Path, /, **sections):
 def tiny_settings(tiny_bert, tmp_path):
     """tiny_run_settings with this test's own output folder."""
     return lambda **sections: tiny_run_settings(tiny_bert, tmp_path / "runs", **sections)
+
+
+# The longest test files first (their measured wall time, longest first): pytest-xdist hands files to
+# workers in collection order, so a long file collected last would run alone at the end.
+LONGEST_FIRST = [
+    "test_distributed.py",
+    "test_faults.py",
+    "test_cli_guards.py",
+    "test_deployments.py",
+    "test_flow.py",
+    "test_bench_smoke.py",
+    "test_security.py",
+    "test_ui.py",
+    "test_tracking.py",
+    "test_scheme_equivalence.py",
+    "test_publish.py",
+    "test_export.py",
+    "test_analysis.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, as written

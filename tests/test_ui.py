@@ -145,8 +145,14 @@ def test_custom_run_from_the_ui_and_its_artifacts(ui_stack, request):
                 break
             created.clear()
             page.wait_for_timeout(2000)
-        assert created and created[-1].status == 201
-        run = created[-1].json()
+        if created and created[-1].status == 201:
+            run = created[-1].json()
+        else:  # the UI submitted, but its answer was not seen (a slow server): the run is in the API
+            found = get_json(
+                f"{base}/api/flow_runs/filter", auth, {"deployments": {"id": {"any_": [deployment["id"]]}}}
+            )
+            assert found, "the form created no flow run"
+            run = found[0]
         assert run["parameters"]["settings"]["train"]["epochs"] == 2
         assert run["parameters"]["settings"]["dataset"]["max_train_samples"] == 32
 
