@@ -52,6 +52,7 @@ class Outputs:
     tracking: TrackingRef
     dataset: Any = None
     tokenized: Any = None
+    job: Any = None
     model: Any = None
     evaluation: Any = None
     analysis: Any = None
@@ -76,7 +77,8 @@ def _tokenize(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> No
 
 
 def _train(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
-    out.model = steps.train(train_job(s, out, ctx))
+    out.job = train_job(s, out, ctx)
+    out.model = steps.train(out.job)
 
 
 def _evaluate(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
@@ -84,9 +86,8 @@ def _evaluate(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> No
 
 
 def _analyze(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:
-    # The label-issue finder trains fold models with the train step's own function.
-    job = train_job(s, out, ctx)
-    out.analysis = steps.analyze(out.model, out.dataset, out.tokenized, s.analysis, job, ctx, train_model)
+    # The label-issue finder trains fold models with the train step's own function and job.
+    out.analysis = steps.analyze(out.model, out.dataset, out.tokenized, s.analysis, out.job, ctx, train_model)
 
 
 def _export(s: RunSettings, out: Outputs, ctx: RunContext, steps: Steps) -> None:

@@ -382,7 +382,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     tokenized = run_steps(settings, ctx, PLAIN, until="tokenize").tokenized  # the test split, from the cache
     try:
         with folder_lock(run_dir, f"ONNX export of {run_dir.name}", wait_s=PUBLISH_LOCK_WAIT_S):
-            ref = export_model(run_dir / "model", tokenized, cfg, model_decoding(run_dir / "model"), 64)
+            decoding, batch = model_decoding(run_dir / "model"), settings.compute.eval_batch_size
+            ref = export_model(run_dir / "model", tokenized, cfg, decoding, batch)
     except ExportError as e:
         print(f"nerflow: {e}", file=sys.stderr)
         return 1
