@@ -16,6 +16,10 @@ utilisation against a measured H100 bf16 peak, seconds per epoch, peak GPU memor
     python -m bench.gpu                                    # all variants (tutorial and eager: 1 epoch)
     python -m bench.gpu --variants compiled lean --epochs 7
     python -m bench.gpu --smoke                            # a tiny model on the CPU: checks the script
+
+The smoke mode on a CPU compiles with the `aot_eager` backend: dynamo's capture and AOTAutograd (where
+graph breaks and tracing errors show) run as on the GPU, but no C++ kernels are generated, which a CPU
+run only needs for itself and which cost minutes per shape there.
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ def write_fixture(root: Path, smoke: bool, sentences: int) -> tuple[Path, Path]:
     return model_dir, tokenized_dir
 
 
-def nerflow_job(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, compile_mode: str):
+def nerflow_job(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, compile_mode: str, backend: str):
     from nerflow.tasks.refs import RunContext, TokenizedRef, TrainJob
     from nerflow.tasks.settings import RunSettings
 
@@ -128,7 +132,13 @@ def nerflow_job(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, co
     settings = RunSettings.model_validate(
         {
             "base_model": {"name": str(model_dir)},
-            "train": {"epochs": epochs, "learning_rate": 2e-5, "batch_size": 16},
+            "train": {
+                "epochs": epochs,
+                "learning_rate": 2e-5,
+                "batch_size": 16,
+                # transformers turns compilation on when a backend is named: only the compiled variant names one.
+                "trainer_args": {"torch_compile_backend": backend} if compile_mode == "on" else {},
+            },
             "compute": {"eval_batch_size": 256, "compile": compile_mode},
             "records": {"save_total_limit": 1},
             "evaluation": {"decoding": "iob2"},
@@ -137,10 +147,10 @@ def nerflow_job(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, co
     return TrainJob.for_run(settings, tokenized, RunContext(run_name=out.name, run_dir=str(out), cache_dir=str(out)))
 
 
-def run_nerflow(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, compile_mode: str) -> dict:
+def run_nerflow(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, compile_mode: str, backend: str) -> dict:
     from nerflow.tasks.train import train_model
 
-    ref = train_model(nerflow_job(model_dir, tokenized_dir, out, epochs, compile_mode))
+    ref = train_model(nerflow_job(model_dir, tokenized_dir, out, epochs, compile_mode, backend))
     return {
         "wall_s": ref.train_runtime_s,
         "compile_s": ref.compile_s,
@@ -191,7 +201,7 @@ def run_tutorial(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int) -
     }
 
 
-def run_lean(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int) -> dict:
+def run_lean(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int, backend: str) -> dict:
     """A hand-written loop: static shapes, bf16 autocast, fused AdamW, torch.compile with CUDA graphs."""
     import datasets
     import torch
@@ -224,7 +234,7 @@ def run_lean(model_dir: Path, tokenized_dir: Path, out: Path, epochs: int) -> di
     )
     steps = len(loader) * epochs
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(0.1 * steps), steps)
-    compiled = torch.compile(model, mode="reduce-overhead" if device == "cuda" else None)
+    compiled = torch.compile(model, mode="reduce-overhead" if device == "cuda" else None, backend=backend)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
     compile_before, started, val_f1 = compile_seconds(), time.perf_counter(), None
     for epoch in range(epochs):
@@ -267,7 +277,7 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def measure(variant: str, fixture: tuple[Path, Path], out: Path, epochs: int) -> dict:
+def measure(variant: str, fixture: tuple[Path, Path], out: Path, epochs: int, backend: str) -> dict:
     import torch
 
     if torch.cuda.is_available():
@@ -275,9 +285,9 @@ def measure(variant: str, fixture: tuple[Path, Path], out: Path, epochs: int) ->
         torch.cuda.reset_peak_memory_stats()
     runners = {
         "tutorial": lambda: run_tutorial(*fixture, out, epochs),
-        "eager": lambda: run_nerflow(*fixture, out, epochs, "off"),
-        "compiled": lambda: run_nerflow(*fixture, out, epochs, "on"),
-        "lean": lambda: run_lean(*fixture, out, epochs),
+        "eager": lambda: run_nerflow(*fixture, out, epochs, "off", backend),
+        "compiled": lambda: run_nerflow(*fixture, out, epochs, "on", backend),
+        "lean": lambda: run_lean(*fixture, out, epochs, backend),
     }
     result = runners[variant]()
     return result | {
@@ -321,10 +331,16 @@ def main() -> None:
         default=["tutorial", "eager", "compiled", "lean"],
         choices=["tutorial", "eager", "compiled", "lean"],
     )
+    parser.add_argument(
+        "--compile-backend",
+        default=None,
+        help="torch.compile backend of the compiled and lean variants (default: inductor; aot_eager for --smoke on a CPU)",
+    )
     parser.add_argument("--json", default="bench/results/gpu.json")
     args = parser.parse_args()
     import torch
 
+    backend = args.compile_backend or ("aot_eager" if args.smoke and not torch.cuda.is_available() else "inductor")
     sentences = 200 if args.smoke else args.sentences
     epochs = {
         v: (1 if args.smoke else args.baseline_epochs if v in ("tutorial", "eager") else args.epochs)
@@ -338,12 +354,13 @@ def main() -> None:
         config = model_config(args.smoke)
         non_embedding = 12 * config.num_hidden_layers * config.hidden_size**2  # attention + MLP weights (4x MLP)
         rows = [
-            row(v, measure(v, fixture, Path(tmp) / v, epochs[v]), epochs[v], sum(train_lengths), non_embedding)
+            row(v, measure(v, fixture, Path(tmp) / v, epochs[v], backend), epochs[v], sum(train_lengths), non_embedding)
             for v in args.variants
         ]
     by = {r["variant"]: r for r in rows}
     summary = {
         "smoke": args.smoke,
+        "compile_backend": backend,
         "sentences": sentences,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         **(

@@ -33,7 +33,6 @@ from nerflow.tasks.scoring.metrics import (
     word_level_sequences,
 )
 from nerflow.tasks.settings import ComputeSettings, EvaluationSettings
-from nerflow.tasks.training.batching import pad_multiple, resolve_batching
 
 EVAL_SPLITS = ("validation", "test")
 
@@ -43,6 +42,7 @@ def predict_splits(model_dir: str, data, batch_size: int, label_names: list[str]
     import torch
     from transformers import AutoTokenizer
 
+    from nerflow.tasks.training.batching import pad_multiple, resolve_batching
     from nerflow.tasks.training.pretrained import load_network
 
     device, bf16, fp16 = choose_device("auto")

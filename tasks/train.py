@@ -31,7 +31,6 @@ from nerflow.tasks.runtime.retry import unless_deterministic
 from nerflow.tasks.runtime.secrets import scoped_environ
 from nerflow.tasks.scoring.inference import choose_device
 from nerflow.tasks.settings import BaseModelSettings
-from nerflow.tasks.training.batching import pad_multiple, resolve_batching
 from nerflow.tasks.training.distributed import RESULT_FILE, launch_distributed, world_size
 from nerflow.tasks.training.pretrained import head_labels, head_rows, load_network, load_tokenizer
 
@@ -137,7 +136,7 @@ def build_trainer(
     """The Trainer for this job: pretrained weights with a fresh head for the dataset's labels."""
     from transformers import PrinterCallback
 
-    from nerflow.tasks.training.batching import PadCollator
+    from nerflow.tasks.training.batching import PadCollator, pad_multiple, resolve_batching
     from nerflow.tasks.training.trainer import (
         ConsoleProgress,
         NerTrainer,

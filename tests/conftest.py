@@ -29,9 +29,16 @@ os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("PREFECT_API_URL", None)  # tests use their own temporary server
 
+import atexit  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
+
+from prefect_db import seeded_home  # noqa: E402
+
+seeded_home(Path(_PREFECT_HOME))
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO / "data" / "wikiann_en_sample"

@@ -1,5 +1,5 @@
 """A `nerflow serve` stack for end-to-end tests: deployments pointed at the tiny BERT, a real server
-(SQLite, 127.0.0.1, free port, fresh PREFECT_HOME) and worker; stopped with SIGTERM."""
+(SQLite, 127.0.0.1, free port, a PREFECT_HOME of its own, its database migrated: prefect_db.py) and worker; stopped with SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import yaml
 
 from conftest import REPO, SAMPLE_DIR
 from nerflow.flows.cli.serve import free_port
+from prefect_db import seeded_home
 
 HEARTBEAT_S = 30  # flow-run heartbeats in the stack (Prefect's minimum), so a silent run is found in minutes
 SILENT_AFTER_S = 75  # the crash-recovery deployment's proactive trigger: heartbeats missed for this long
@@ -67,6 +68,7 @@ def start_serve(root: Path, spec: dict, extra_env: dict[str, str] | None = None)
     policy (the operator's) allows the test's temporary folders and the bundled sample."""
     prefect_file = root / "prefect.yaml"
     prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    seeded_home(root / "prefect-home")
     port = free_port()
     roots = os.pathsep.join([str(root.parent), str(SAMPLE_DIR)])
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1", "NERFLOW_ALLOWED_ROOTS": roots,

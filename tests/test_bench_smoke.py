@@ -23,6 +23,7 @@ def test_gpu_benchmark_smoke_runs_every_variant_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     summary, _ = run_bench("bench.gpu", "--smoke", "--json", str(out))
     assert summary["smoke"] is True and summary["compiled_vs_tutorial_tokens_per_s"] > 0
+    assert summary["compile_backend"] == "aot_eager"  # dynamo and AOTAutograd, no C++ kernels on the CPU
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     assert list(rows) == ["tutorial", "eager", "compiled", "lean"]
     # The compiled variant really compiled (its compile time is reported apart) and still learned the same

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SAMPLE_DIR
+from prefect_db import seeded_home
 
 pytestmark = pytest.mark.slow  # nerflow train processes, each with a Prefect server
 
@@ -44,7 +45,7 @@ def bad_dataset(tmp_path: Path) -> Path:
 
 def test_bad_rows_are_one_message_and_exit_code_2_with_the_traceback_in_the_run_log(tiny_settings, tmp_path):
     config = write_config(tmp_path, tiny_settings(dataset={"source": str(bad_dataset(tmp_path))}))
-    home = tmp_path / "prefect-home"
+    home = seeded_home(tmp_path / "prefect-home")
     out = nerflow_train(config, {"PREFECT_HOME": str(home)})
     console = out.stdout + out.stderr
     assert out.returncode == 2, console[-3000:]
@@ -76,7 +77,7 @@ def test_one_writer_per_run_folder_and_a_cold_cache_shared_safely(tiny_settings,
     same = write_config(tmp_path, tiny_settings(run_name="same", train={"epochs": 1}))
     other = write_config(tmp_path, tiny_settings(run_name="other", train={"epochs": 1}))
     procs = [
-        nerflow_train(c, {"PREFECT_HOME": str(tmp_path / f"home-{i}")}, background=True)
+        nerflow_train(c, {"PREFECT_HOME": str(seeded_home(tmp_path / f"home-{i}"))}, background=True)
         for i, c in enumerate((same, same, other))
     ]
     outcomes = [(p.wait(timeout=900), p.stdout.read(), p.stderr.read()) for p in procs]
@@ -148,7 +149,7 @@ def test_a_local_run_reaches_nothing_beyond_loopback(tiny_settings, tmp_path):
     env = {
         "PYTHONPATH": os.pathsep.join([str(guard), str(REPO)]),
         "NERFLOW_NET_LOG": str(log),
-        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_HOME": str(seeded_home(tmp_path / "home")),
     }
     quiet = (
         "HF_HUB_OFFLINE",

@@ -12,27 +12,16 @@ import pytest
 
 from conftest import prepare, train, train_job, write_synthetic_dataset
 from nerflow.tasks.evaluate import evaluate_model
-from nerflow.tasks.runtime.files import SEAL, atomic_write_json
+from nerflow.tasks.runtime.files import SEAL
 from nerflow.tasks.settings import RunSettings
-from nerflow.tasks.training.distributed import JOB_FILE, launch_distributed, torchrun_command
+from nerflow.tasks.training.distributed import launch_distributed
+from prefect_db import seeded_home
 
 pytestmark = pytest.mark.slow  # torchrun with two training processes
 
 # Same seed and effective batch (16 = 1 x 16 = 2 x 8); sampling order differs between a random and a
 # distributed sampler, so the scores may differ a little: this is the tolerance we hold DDP to.
 F1_TOLERANCE = 0.05
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants (torchrun starts its workers in sessions of their own)."""
-    tree, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        tree.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            children = (task / "children").read_text().split() if (task / "children").exists() else []
-            queue.extend(int(c) for c in children)
-    return tree
 
 
 def settings_for(tmp_path: Path, tiny_bert: Path, processes: int = 1, **train) -> RunSettings:
@@ -75,48 +64,6 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path, tiny_be
     assert abs(f1_one - f1_two) <= F1_TOLERANCE, (f1_one, f1_two)
 
 
-def test_ddp_run_killed_after_its_first_checkpoint_resumes(tmp_path, tiny_bert):
-    s = settings_for(tmp_path, tiny_bert, batch_size=4, epochs=3, processes=2)
-    s = s.model_copy(
-        update={
-            "dataset": s.dataset.model_copy(
-                update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))}
-            )
-        }
-    )
-    _, tokenized = prepare(s)
-    run_dir = tmp_path / "runs" / "killed"
-    run_dir.mkdir(parents=True)
-    job = train_job(s, tokenized, run_dir, "killed")
-    job_file = atomic_write_json(run_dir / JOB_FILE, job.model_dump(mode="json"))
-    proc = subprocess.Popen(
-        torchrun_command(s.compute, "killed", job_file),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not list((run_dir / "checkpoints").glob(f"checkpoint-*/{SEAL}")):  # counted only once sealed
-            assert proc.poll() is None, "training ended before its first checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        for pid in process_tree(proc.pid):  # torchrun and both training processes, as a lost node would
-            os.kill(pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert not (run_dir / "model").exists()
-    sealed = [p.parent for p in (run_dir / "checkpoints").glob(f"checkpoint-*/{SEAL}")]
-    killed_at = max(sealed, key=lambda p: int(p.name.split("-")[1])).name  # a later, unsealed one is not resumed from
-
-    lines: list[str] = []
-    ref = launch_distributed(job, lines.append)
-    assert ref.resumed_from == killed_at
-    assert any("resuming training from" in line for line in lines)
-    assert (run_dir / "model" / "model.safetensors").is_file()
-    assert [round(e["epoch"]) for e in ref.epochs] == [1, 2, 3]
-
-
 def processes_with(marker: str) -> list[int]:
     """Live processes whose environment holds marker (every process of a test run inherits it)."""
     found = []
@@ -137,7 +84,7 @@ def folder_state(folder: Path) -> dict[str, int]:
 def test_the_flow_process_killed_alone_takes_torchrun_its_ranks_and_its_server_with_it(tmp_path, tiny_bert):
     """kill -9 of the flow process only, as the kernel's OOM killer does it: torchrun, both ranks and
     the temporary Prefect server die with it, nothing more is written into the run folder, and the
-    next attempt gets the folder (its lock) and resumes from the last sealed checkpoint."""
+    next attempt gets the folder (its lock) and resumes under DDP from the last sealed checkpoint."""
     import json
     import sys
 
@@ -154,7 +101,7 @@ def test_the_flow_process_killed_alone_takes_torchrun_its_ranks_and_its_server_w
     config.write_text(json.dumps(s.model_dump(mode="json")))
     marker = f"NERFLOW_TEST_RUN={os.urandom(4).hex()}"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
-        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_HOME": str(seeded_home(tmp_path / "home")),
         marker.split("=")[0]: marker.split("=")[1],
     }
     cmd = [sys.executable, "-m", "nerflow.flows.cli.main", "train", "--config", str(config)]
@@ -176,9 +123,12 @@ def test_the_flow_process_killed_alone_takes_torchrun_its_ranks_and_its_server_w
     time.sleep(3)
     assert folder_state(run_dir) == settled  # no orphan is writing
     assert not (run_dir / "model").exists()
+    sealed = [p.parent for p in (run_dir / "checkpoints").glob(f"checkpoint-*/{SEAL}")]
+    newest = max(sealed, key=lambda p: int(p.name.split("-")[1]))  # a later, unsealed one is not resumed from
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming training from {newest}" in again.stdout + again.stderr, (again.stdout + again.stderr)[-3000:]
     assert (run_dir / "model" / "model.safetensors").is_file()
     log = json.loads((run_dir / "train_log.json").read_text())
     assert [round(e["epoch"]) for e in log if "eval_f1" in e] == [1, 2, 3]

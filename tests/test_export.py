@@ -24,9 +24,9 @@ pytestmark = pytest.mark.slow  # a flow run, torch.export and subprocesses of th
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect_db import seeded_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with seeded_test_harness():
         yield
 
 

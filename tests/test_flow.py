@@ -2,20 +2,18 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 import nerflow.flows.finetune
 import nerflow.tasks.train
 import nerflow.tasks.training.trainer
 from nerflow.flows.finetune import finetune_ner
 from nerflow.tasks.refs import SPLIT_ROLES
+from prefect_db import seeded_test_harness
 
 pytestmark = pytest.mark.slow  # whole flow runs on a real Prefect server, and CLI processes
 
@@ -24,7 +22,7 @@ LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
+    with seeded_test_harness():
         yield
 
 
@@ -255,37 +253,6 @@ def test_wandb_offline_run_folder(tiny_settings, tmp_path):
     assert len(offline_runs) == 1
     assert any(offline_runs[0].glob("run-*.wandb"))
     assert wandb.run is None  # wandb.finish() was called
-
-
-def test_cli_kill_and_rerun_resumes(tiny_settings, tmp_path):
-    """A real SIGKILL of `nerflow train` after its first sealed checkpoint; the same run name resumes
-    from it (a checkpoint being written when the kill lands is unsealed, and removed on resume)."""
-    from prefect.settings import PREFECT_API_URL
-
-    s = tiny_settings(dataset={"max_train_samples": 600}, train={"epochs": 3, "batch_size": 4}, run_name="killed")
-    config = tmp_path / "run.yaml"
-    config.write_text(json.dumps(s.model_dump(mode="json")))  # JSON is YAML
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    cmd = [sys.executable, "-m", "nerflow.flows.cli.main", "train", "--config", str(config)]
-    checkpoints = Path(s.output_dir) / "killed" / "checkpoints"
-
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not list(checkpoints.glob("checkpoint-*/.nerflow-complete.json")):
-            assert proc.poll() is None, "training ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    sealed = [p.parent.name for p in checkpoints.glob("checkpoint-*/.nerflow-complete.json")]
-    first = max(sealed, key=lambda name: int(name.rsplit("-", 1)[1]))  # the newest sealed one
-
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert f"resuming training from {checkpoints / first}" in out.stderr + out.stdout
-    assert (Path(s.output_dir) / "killed" / "model" / "model.safetensors").is_file()
 
 
 def test_cli_runs_on_its_own_temporary_server(tiny_settings, tmp_path):

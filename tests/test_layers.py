@@ -97,3 +97,16 @@ def test_functions_stay_short():
             ):
                 long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def test_loading_the_flows_loads_no_ml_library():
+    """A worker's flow-run process, `prefect deploy` and a run refused by its policy import the flows
+    and nothing heavier: torch, transformers, datasets and pandas load where a step first needs them."""
+    import subprocess
+    import sys
+
+    flows = ", ".join(f"nerflow.flows.{name}" for name in ("finetune", "sweep", "predict", "watcher", "recovery"))
+    heavy = ("torch", "transformers", "datasets", "pandas", "matplotlib", "onnxruntime")
+    code = f"import sys, {flows}; print(sorted(set(sys.modules) & set({heavy!r})))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout

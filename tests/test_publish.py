@@ -26,9 +26,9 @@ FAST = 0.01  # backoff base in seconds for tests
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
     # Secret blocks are read through the Prefect API; a test server keeps that fast and isolated.
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect_db import seeded_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with seeded_test_harness():
         yield
 
 

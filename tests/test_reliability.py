@@ -174,9 +174,9 @@ def test_a_late_second_crash_report_does_not_start_a_second_process():
     is a crashed run of another flow (the recovery flow's parameter names any flow run)."""
     from prefect import flow, get_client
     from prefect.states import Crashed, Running
-    from prefect.testing.utilities import prefect_test_harness
 
     from nerflow.flows.recovery import restart_crashed_run
+    from prefect_db import seeded_test_harness
 
     @flow(name="finetune_ner")
     def training():
@@ -193,7 +193,7 @@ def test_a_late_second_crash_report_does_not_start_a_second_process():
         )
         return client.create_flow_run_from_deployment(deployment)
 
-    with prefect_test_harness(server_startup_timeout=120), get_client(sync_client=True) as client:
+    with seeded_test_harness(), get_client(sync_client=True) as client:
         foreign = deployment_run(client, other)
         client.set_flow_run_state(foreign.id, Crashed(message="killed"), force=True)
         assert "not restarted" in restart_crashed_run(str(foreign.id)).reason

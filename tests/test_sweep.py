@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from conftest import tiny_run_settings, write_synthetic_dataset
+from prefect_db import seeded_test_harness
 
 pytestmark = pytest.mark.slow  # several whole flow runs on a Prefect server
 
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
+    with seeded_test_harness():
         yield
 
 

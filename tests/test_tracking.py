@@ -10,16 +10,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from nerflow.flows.cli.serve import free_port, stop_process
+from prefect_db import seeded_test_harness
 
 pytestmark = pytest.mark.slow  # an MLflow server and a whole flow run
 
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
+    with seeded_test_harness():
         yield
 
 

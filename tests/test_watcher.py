@@ -7,19 +7,19 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 import nerflow.flows.watcher
 from conftest import SAMPLE_DIR
 from nerflow.flows.watcher import TRAINED_REVISION_LABEL, variable_name, watch_dataset
 from nerflow.tasks.settings import DatasetSettings
+from prefect_db import seeded_test_harness
 
 pytestmark = pytest.mark.slow  # a Prefect server
 
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
+    with seeded_test_harness():
         yield
 
 

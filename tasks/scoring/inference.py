@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nerflow.tasks.training.batching import PadCollator, length_sorted_batches
-
 
 @dataclass
 class SplitPredictions:
@@ -66,7 +64,9 @@ def predict_split(
 ) -> SplitPredictions:
     """Run the network (a token-classification torch module, on its device, in eval mode) over
     tokenized sentences."""
-    import torch
+    import torch  # here, not at the top: a flow run refused before it scores loads no torch
+
+    from nerflow.tasks.training.batching import PadCollator, length_sorted_batches
 
     device = next(network.parameters()).device
     collate = PadCollator(pad_id, pad_multiple)
