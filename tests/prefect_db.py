@@ -4,7 +4,7 @@ A Prefect server on an empty home first runs every Alembic migration into a new 
 9 CPU seconds on this project's 2-core box, more than the rest of its start. The suite starts dozens of
 servers, so most start from a copy of one migrated database instead, as a user's second run does. The
 first run on an empty home keeps tests of its own: `nerflow train` on its own temporary server
-(test_flow.py), `make install-check` and `make demo`."""
+(test_cli_guards.py), `make install-check` and `make demo`."""
 
 from __future__ import annotations
 

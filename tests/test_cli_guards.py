@@ -1,6 +1,7 @@
 """`nerflow train` as a user meets it, in real processes: bad input gives one message and exit code 2
 (the traceback only in the run's log), two runs never write one folder, concurrent runs share a cold
-cache safely, and a local run reaches nothing beyond 127.0.0.1."""
+cache safely, and a first local run records itself on its own temporary server and reaches nothing
+beyond 127.0.0.1."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SAMPLE_DIR
+from conftest import REPO
 from prefect_db import seeded_home
 
 pytestmark = pytest.mark.slow  # nerflow train processes, each with a Prefect server
@@ -138,18 +139,23 @@ SOCKET_GUARD = textwrap.dedent(
 )
 
 
-def test_a_local_run_reaches_nothing_beyond_loopback(tiny_settings, tmp_path):
-    """The demo's kind of run (local data, a local checkpoint, Prefect's temporary server) with every
-    offline and no-telemetry variable removed: not one connection attempt or lookup leaves 127.0.0.1."""
+def test_a_first_local_run_has_its_own_temporary_server_and_reaches_nothing_beyond_loopback(tiny_settings, tmp_path):
+    """The demo's kind of run on a machine that never ran Prefect (an empty PREFECT_HOME; local data, a
+    local checkpoint) with every offline and no-telemetry variable removed: `nerflow train` starts a
+    temporary server on 127.0.0.1 while it imports the pipeline, records the run and all its logs
+    there and stops it before it exits; not one connection attempt or lookup leaves 127.0.0.1."""
+    import socket
+
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
     log = tmp_path / "net.log"
     log.touch()
+    home = tmp_path / "home"  # not seeded: the first run migrates its database
     env = {
         "PYTHONPATH": os.pathsep.join([str(guard), str(REPO)]),
         "NERFLOW_NET_LOG": str(log),
-        "PREFECT_HOME": str(seeded_home(tmp_path / "home")),
+        "PREFECT_HOME": str(home),
     }
     quiet = (
         "HF_HUB_OFFLINE",
@@ -158,8 +164,23 @@ def test_a_local_run_reaches_nothing_beyond_loopback(tiny_settings, tmp_path):
         "PREFECT_SERVER_ANALYTICS_ENABLED",
         "DO_NOT_TRACK",
     )
-    config = write_config(tmp_path, tiny_settings(dataset={"source": str(SAMPLE_DIR)}, train={"epochs": 1}))
-    out = nerflow_train(config, env, drop=quiet)
+    out = nerflow_train(write_config(tmp_path, tiny_settings(run_name="own-server")), env, drop=quiet)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test F1" in out.stdout
     assert log.read_text() == "", log.read_text()[:2000]
+
+    started = next(line for line in out.stderr.splitlines() if line.startswith("Starting temporary Prefect server on"))
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(started.rsplit(":", 1)[1]))) != 0, "the temporary server still runs"
+    with sqlite3.connect(home / "prefect.db") as db:
+        runs = db.execute("SELECT id, state_name FROM flow_run").fetchall()
+        assert [state for _, state in runs] == ["Completed"]
+        logs = [m for (m,) in db.execute("SELECT message FROM log WHERE flow_run_id = ?", (runs[0][0],))]
+    assert any(m.startswith("Finished in state Completed") for m in logs), logs[-5:]  # the flow's last log line
+    assert any("model card written to" in m for m in logs)
+    # The console is nerflow's: no third-party progress bars or load reports, a loss for every epoch.
+    console = out.stdout + out.stderr
+    for noise in ("Saving the dataset", "Writing model shards", "it/s]", "LOAD REPORT", "newly initialized"):
+        assert noise not in console, noise
+    assert "tagging scheme: IOB2" in console and "train loss n/a" not in console
+    assert console.count("| train loss ") == 2  # tiny_settings trains 2 epochs

@@ -1,9 +1,6 @@
 """The finetune_ner flow end to end on a real (temporary) Prefect server, with the tiny BERT."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -253,44 +250,6 @@ def test_wandb_offline_run_folder(tiny_settings, tmp_path):
     assert len(offline_runs) == 1
     assert any(offline_runs[0].glob("run-*.wandb"))
     assert wandb.run is None  # wandb.finish() was called
-
-
-def test_cli_runs_on_its_own_temporary_server(tiny_settings, tmp_path):
-    """With no PREFECT_API_URL, `nerflow train` starts a temporary server on 127.0.0.1 (while it imports
-    the pipeline), records the run and all its logs there, and stops the server before it exits."""
-    import socket
-    import sqlite3
-
-    s = tiny_settings(run_name="own-server")
-    config = tmp_path / "run.yaml"
-    config.write_text(json.dumps(s.model_dump(mode="json")))
-    home = tmp_path / "prefect-home"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
-    out = subprocess.run(
-        [sys.executable, "-m", "nerflow.flows.cli.main", "train", "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    started = next(line for line in out.stderr.splitlines() if line.startswith("Starting temporary Prefect server on"))
-    port = int(started.rsplit(":", 1)[1])
-    with socket.socket() as sock:
-        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the temporary server is still running"
-
-    with sqlite3.connect(home / "prefect.db") as db:
-        runs = db.execute("SELECT id, state_name FROM flow_run").fetchall()
-        assert [state for _, state in runs] == ["Completed"]
-        logs = [m for (m,) in db.execute("SELECT message FROM log WHERE flow_run_id = ?", (runs[0][0],))]
-    assert any(m.startswith("Finished in state Completed") for m in logs), logs[-5:]  # the flow's last log line
-    assert any("model card written to" in m for m in logs)
-    # The console is nerflow's: no third-party progress bars or load reports, a loss for every epoch.
-    console = out.stdout + out.stderr
-    for noise in ("Saving the dataset", "Writing model shards", "it/s]", "LOAD REPORT", "newly initialized"):
-        assert noise not in console, noise
-    assert "tagging scheme: IOB2" in console and "train loss n/a" not in console
-    assert console.count("| train loss ") == 2  # tiny_settings trains 2 epochs
 
 
 def test_new_weights_behind_the_same_checkpoint_path_are_trained_on_not_served_from_cache(tiny_bert, tmp_path):
