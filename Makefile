@@ -13,14 +13,18 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 demo: $(VENV)/.installed-demo
 	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
 
-# Three workers, a test file each at a time (module fixtures such as servers stay within one worker):
-# many tests wait on servers, workers, heartbeats and subprocesses, so three share the 2-core box well.
+# Three workers, a test file each at a time (module fixtures such as servers stay within one worker;
+# files that share a server go together: conftest.py's SAME_WORKER_AS): many tests wait on servers,
+# workers, heartbeats and subprocesses, so three share the 2-core box well. Files are handed out in
+# collection order, longest first (conftest.py's LONGEST_FIRST), not xdist's default of the files
+# with most tests first, so no long file starts last and runs alone.
+PYTEST_XDIST := --dist loadfile --no-loadscope-reorder
 test: $(VENV)/.installed-test
-	$(OFFLINE) $(BIN)/python -m pytest -n 3 --dist loadfile
+	$(OFFLINE) $(BIN)/python -m pytest -n 3 $(PYTEST_XDIST)
 
 # Everything but the end-to-end tests (servers, worker, browser, torchrun, benchmark scripts).
 test-fast: $(VENV)/.installed-test
-	$(OFFLINE) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
+	$(OFFLINE) $(BIN)/python -m pytest -n 2 $(PYTEST_XDIST) -m "not slow"
 
 # Formatting and lint rules of pyproject.toml's [tool.ruff]: `make format` applies them.
 lint: $(VENV)/.installed-test

@@ -257,25 +257,58 @@ def tiny_settings(tiny_bert, tmp_path):
     return lambda **sections: tiny_run_settings(tiny_bert, tmp_path / "runs", **sections)
 
 
-# The longest test files first (their measured wall time, longest first): pytest-xdist hands files to
-# workers in collection order, so a long file collected last would run alone at the end.
+# The longest test files first (their measured wall time, longest first): with --no-loadscope-reorder
+# (the Makefile's) pytest-xdist hands files to workers in collection order, so a long file collected
+# last would run alone at the end.
 LONGEST_FIRST = [
-    "test_distributed.py",
     "test_faults.py",
-    "test_cli_guards.py",
     "test_deployments.py",
-    "test_flow.py",
-    "test_bench_smoke.py",
     "test_security.py",
+    "test_cli_guards.py",
+    "test_bench_smoke.py",
+    "test_flow.py",
+    "test_distributed.py",
+    "test_sweep.py",
+    "test_export.py",
+    "test_publish.py",
     "test_ui.py",
     "test_tracking.py",
+    "test_first_contact.py",
+    "test_bad_input.py",
+    "test_reliability.py",
     "test_scheme_equivalence.py",
-    "test_publish.py",
-    "test_export.py",
-    "test_analysis.py",
+    "test_model_families.py",
+    "test_watcher.py",
 ]
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, as written
+
+
+# Files whose tests use a session fixture of another file's, and so must run in its worker.
+SAME_WORKER_AS = {"test_ui.py": "test_security.py"}  # secured_stack
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (the Makefile's): a file at a time per worker, SAME_WORKER_AS's files together."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesWithSharedServers(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = Path(super()._split_scope(nodeid))
+            return str(file.with_name(SAME_WORKER_AS.get(file.name, file.name)))
+
+    return FilesWithSharedServers(config, log)
+
+
+@pytest.fixture(scope="session")
+def secured_stack(tmp_path_factory, tiny_bert):
+    """One `nerflow serve` stack for test_security.py and test_ui.py (SAME_WORKER_AS): serve_stack.py."""
+    from serve_stack import secured_stack
+
+    with secured_stack(tmp_path_factory.mktemp("secured"), tiny_bert) as stack:
+        yield stack

@@ -12,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,24 @@ def stop_serve(proc: subprocess.Popen) -> int:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@contextmanager
+def secured_stack(root: Path, tiny_bert: Path) -> Iterator[dict]:
+    """`nerflow serve` as an operator starts it: no PREFECT_SERVER_API_AUTH_STRING, so it generates the
+    credentials; the training deployment (no schedule, no trigger) and batch prediction."""
+    spec = deployment_spec(root, tiny_bert)
+    spec["deployments"] = [d for d in spec["deployments"] if d["name"] in ("wikiann-bn", "batch")]
+    spec["deployments"][0]["schedules"], spec["deployments"][0]["triggers"] = [], []
+    proc, port = start_serve(root, spec)
+    auth = generated_auth(root)
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_API_URL": f"{base}/api", "PREFECT_API_AUTH_STRING": auth, "PREFECT_HOME": str(root / "client-home")}  # fmt: skip
+    try:
+        yield {"base": base, "api": f"{base}/api", "auth": auth, "root": root, "env": env, "proc": proc,
+               "settings": spec["deployments"][0]["parameters"]["settings"]}  # fmt: skip
+    finally:
+        assert stop_serve(proc) == 0
 
 
 # --------------------------------------------------------------------------- the stack's API, as a client

@@ -25,38 +25,19 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_DIR
-from serve_stack import api, deployment_spec, finished_run, generated_auth, run_logs, start_serve, stop_serve, wait_for
+from serve_stack import api, finished_run, run_logs, wait_for
 
-pytestmark = pytest.mark.slow  # a real Prefect server, pool, deployments and worker
+# A real Prefect server, pool, deployments and worker: the one test_ui.py drives (conftest.py's
+# secured_stack; SAME_WORKER_AS runs both files in one pytest-xdist worker).
+pytestmark = pytest.mark.slow
 
 TRAINING = "finetune_ner/wikiann-bn"
 BATCH = "predict_ner/batch"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_bert):
-    root = tmp_path_factory.mktemp("secured")
-    spec = deployment_spec(root, tiny_bert)
-    spec["deployments"] = [d for d in spec["deployments"] if d["name"] in ("wikiann-bn", "batch")]
-    spec["deployments"][0]["schedules"], spec["deployments"][0]["triggers"] = [], []
-    proc, port = start_serve(root, spec)  # no PREFECT_SERVER_API_AUTH_STRING: serve generates credentials
-    auth = generated_auth(root)
-    base = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": base,
-        "PREFECT_API_AUTH_STRING": auth,
-        "PREFECT_HOME": str(root / "client-home"),
-    }
-    yield {
-        "api": base,
-        "auth": auth,
-        "root": root,
-        "env": env,
-        "proc": proc,
-        "settings": spec["deployments"][0]["parameters"]["settings"],
-    }
-    assert stop_serve(proc) == 0
+@pytest.fixture
+def stack(secured_stack):
+    return secured_stack
 
 
 def call(stack, method: str, path: str, body=None, auth: str | None = "stack"):
@@ -335,11 +316,12 @@ class Payload:
 
 
 def test_a_forged_result_record_is_refused_and_never_run(stack):
+    storage = stack["root"] / "prefect-home" / "storage"
+    earlier = set(storage.glob("tokenize-*"))  # other runs on this stack tokenized with other settings
     parameters = {"settings": settings(stack, "forged", run_name="forged-1")}
     status, run = start(stack, TRAINING, parameters)
     assert status == 201 and finished_run(stack, run["id"])["state_type"] == "COMPLETED"
-    storage = stack["root"] / "prefect-home" / "storage"
-    (record,) = [p for p in storage.glob("tokenize-*") if not p.name.endswith(".refused")]
+    (record,) = [p for p in storage.glob("tokenize-*") if p not in earlier and not p.name.endswith(".refused")]
     marker = stack["root"] / "payload-ran"
     forged = json.loads(record.read_text())
     forged["metadata"]["serializer"] = {"type": "pickle", "picklelib": "cloudpickle", "picklelib_version": None}
