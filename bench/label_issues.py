@@ -13,7 +13,8 @@ of those K that hold an injected error (precision) and the share of the injected
   mean loss under it, the usual quick look.
 
 WikiANN is silver data with errors of its own: a sentence the finders flag without an injected error is
-counted against their precision here, though it may be a real error.
+counted against their precision here, though it may be a real error. The JSON lists the first such
+sentences of the finder's ranking (`uninjected_in_top_k`, with their tags) for a person to judge.
 
     python -m bench.label_issues --train-size 2000 --folds 3 --epochs 2 --json bench/results/label_issues.json
 """
@@ -128,18 +129,22 @@ def run(args, work: Path) -> tuple[list[dict], dict]:
         for kind, sentences in _broken_by_kind(folder, clean, broken).items()
     }
     finder, baseline = rows
+    tags = [json.loads(x)["ner_tags"] for x in (folder / "train.jsonl").read_text().splitlines()]
+    uninjected = [r for r in issues[: len(broken)] if r["sentence"] not in broken][:25]
     summary = {
         "train_sentences": args.train_size,
         "injected_sentences": len(broken),
         "injected_by_kind": kinds,
         "folds": args.folds,
         "epochs": args.epochs,
+        "seed": args.seed,
         "finder_precision_at_k": finder["precision_at_k"],
         "finder_recall_at_k": finder["recall_at_k"],
         "finder_recall_at_k_by_kind": by_kind,
         "loss_baseline_precision_at_k": baseline["precision_at_k"],
         "loss_baseline_recall_at_k": baseline["recall_at_k"],
         "finder_wall_s": finder["wall_s"],
+        "uninjected_in_top_k": [_tagged(r["tokens"], tags[r["sentence"]]) for r in uninjected],
         "target": {
             "finder_recall_at_k": ">= 0.5",
             "finder_precision_at_k": ">= 0.5",
@@ -147,6 +152,11 @@ def run(args, work: Path) -> tuple[list[dict], dict]:
         },
     }
     return rows, summary
+
+
+def _tagged(tokens: list[str], tags: list[int]) -> str:
+    """'Ann/B-PER Lee/I-PER visited Paris/B-LOC': the sentence with its given tags (O words bare)."""
+    return " ".join(word if t == 0 else f"{word}/{LABELS[t]}" for word, t in zip(tokens, tags))
 
 
 def _broken_by_kind(noisy: Path, clean: Path, broken: set[int]) -> dict[str, set[int]]:

@@ -69,6 +69,30 @@ def test_the_worst_sentences_are_those_the_model_finds_least_likely():
     assert rows[0]["errors"] == ["spurious PER"] and len(names) == 3
 
 
+def test_the_finder_judges_a_tag_against_what_that_tag_usually_gets():
+    """An `O` word given 0.12 is stranger than an `I-ORG` word given 0.10 when `O` words usually get
+    0.85 and `I-ORG` words 0.4: the calibrated ranking puts the `O` word's sentence first, where
+    cleanlab's score on the raw probabilities puts the other one first."""
+    from cleanlab.token_classification.rank import get_label_quality_scores
+
+    from nerflow.tasks.analysis.label_issues import rank_label_issues
+
+    names = ["O", "B-ORG", "I-ORG"]
+    usual = np.array([[0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.85, 0.1, 0.05]])  # B-ORG, I-ORG, O words
+    odd_inside = usual.copy()
+    odd_inside[1] = [0.89, 0.01, 0.10]  # an I-ORG word the model reads as O
+    odd_outside = usual.copy()
+    odd_outside[2] = [0.12, 0.87, 0.01]  # an O word the model reads as B-ORG
+    probs = [odd_inside, odd_outside] + [usual] * 40
+    labels = [[1, 2, 0]] * len(probs)
+    raw, _ = get_label_quality_scores([np.array(x) for x in labels], probs, sentence_score_method="softmin")
+    assert raw[0] < raw[1]  # uncalibrated, the I-ORG word's sentence would come first
+
+    rows = rank_label_issues(labels, [np.log(p) for p in probs], [["a", "b", "c"]] * len(probs), names, labels)
+    assert [r["sentence"] for r in rows] == [1, 0]
+    assert rows[0]["words"] == [2] and rows[1]["words"] == [1] and rows[0]["score"] < rows[1]["score"]
+
+
 @pytest.mark.slow  # four trainings of the tiny model
 def test_the_finder_recovers_labels_broken_on_purpose(tiny_bert, tmp_path):
     from nerflow.tasks.analyze import analyze

@@ -3,9 +3,18 @@
 The training split is cut into k folds; for each, a model of the same recipe is trained on the other
 folds (the rows are taken from the cached tokenization, nothing is tokenized again) and scores the held
 out fold's words. With every training sentence scored by a model that never saw it, cleanlab's
-token-classification `find_label_issues` and `get_label_quality_scores` (confident learning) name the
-words whose given tag the model finds unlikely, and rank the sentences holding them. The data is never
-edited: the finder writes a ranked list for a person to review.
+token-classification `find_label_issues` (confident learning) names the words whose given tag the model
+finds unlikely, and the sentences holding them are ranked by cleanlab's label quality score. The data
+is never edited: the finder writes a ranked list for a person to review.
+
+Why the ranking calibrates the probabilities per tag first: an NER model is far surer of `O` than of
+`I-ORG` (average self-confidence 0.9 against 0.4-0.5 on WikiANN-en), so on raw probabilities every
+sentence with a hard but correct organisation ranks beside a real error. Dividing each tag's probability
+by its confident threshold (cleanlab's average self-confidence of the words given that tag) asks how
+unlikely a tag is *for that tag*; the sentence score is cleanlab's softmin over its words, so a sentence
+is ranked by its few worst words, not only the single worst. On 2,000 WikiANN-en sentences with 5% of
+their spans broken (bench/label_issues.py, four settings), this found 0.07-0.11 more of the broken
+sentences in the top K than the raw `min` score.
 """
 
 from __future__ import annotations
@@ -62,6 +71,15 @@ def out_of_fold_log_probs(
     return scores
 
 
+def calibrated(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each word's tag probabilities divided by the tags' confident thresholds, renormalised."""
+    from cleanlab.count import get_confident_thresholds
+
+    thresholds = get_confident_thresholds(np.concatenate(labels), np.concatenate(probs))
+    scaled = [p / thresholds for p in probs]
+    return [p / p.sum(axis=1, keepdims=True) for p in scaled]
+
+
 def rank_label_issues(
     word_labels: Sequence[Sequence[int]],
     log_probs: Sequence[np.ndarray],
@@ -69,7 +87,7 @@ def rank_label_issues(
     label_names: Sequence[str],
     suggested: Sequence[Sequence[int]],
 ) -> list[dict[str, Any]]:
-    """Sentences holding a word cleanlab flags, most suspect first (lowest label quality score)."""
+    """Sentences holding a word cleanlab flags, most suspect first (lowest calibrated label quality)."""
     from cleanlab.token_classification.filter import find_label_issues
     from cleanlab.token_classification.rank import get_label_quality_scores
 
@@ -77,7 +95,7 @@ def rank_label_issues(
     labels = [np.asarray(word_labels[i]) for i in keep]
     probs = [np.exp(log_probs[i]) / np.exp(log_probs[i]).sum(axis=1, keepdims=True) for i in keep]
     issues = find_label_issues(labels, probs)
-    sentence_scores, _ = get_label_quality_scores(labels, probs)
+    sentence_scores, _ = get_label_quality_scores(labels, calibrated(probs, labels), sentence_score_method="softmin")
     flagged: dict[int, list[int]] = {}
     for sentence, word in issues:
         flagged.setdefault(sentence, []).append(word)
