@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test test-fast lint format install-check serve bench install clean
+.PHONY: demo test test-fast bytecode lint format install-check serve bench install clean
 
 demo: $(VENV)/.installed-demo
 	$(OFFLINE) $(BIN)/nerflow train --config configs/demo.yaml
@@ -19,11 +19,17 @@ demo: $(VENV)/.installed-demo
 # collection order, longest first (conftest.py's LONGEST_FIRST), not xdist's default of the files
 # with most tests first, so no long file starts last and runs alone.
 PYTEST_XDIST := --dist loadfile --no-loadscope-reorder
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test bytecode
 	$(OFFLINE) $(BIN)/python -m pytest -n 3 $(PYTEST_XDIST)
 
+# The project's own modules compiled once: the suite starts a few hundred Python processes that import
+# them, and where PYTHONDONTWRITEBYTECODE is set (as on this project's CI machines) each would compile
+# them again (an editable install's modules are not compiled by pip). Unchanged files are skipped.
+bytecode:
+	@$(BIN)/python -m compileall -q tasks flows deployments bench tests
+
 # Everything but the end-to-end tests (servers, worker, browser, torchrun, benchmark scripts).
-test-fast: $(VENV)/.installed-test
+test-fast: $(VENV)/.installed-test bytecode
 	$(OFFLINE) $(BIN)/python -m pytest -n 2 $(PYTEST_XDIST) -m "not slow"
 
 # Formatting and lint rules of pyproject.toml's [tool.ruff]: `make format` applies them.
@@ -61,9 +67,15 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[demo]"
 	touch $@
 
+# prefect-docker and prefect-kubernetes (their dependencies come with the test extra) in a folder of
+# their own, which only tests/test_pool_templates.py puts on its path: installed in site-packages,
+# Prefect would import them (kubernetes included, ~1.3 CPU seconds) into every server, worker, flow run
+# and command the suite starts.
+POOL_WORKERS := $(VENV)/pool-workers
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[demo,test]"
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(POOL_WORKERS) "prefect-docker>=0.6" "prefect-kubernetes>=0.6"
 	touch $@ $(VENV)/.installed-demo
 
 clean:

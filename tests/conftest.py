@@ -22,7 +22,7 @@ os.environ.update(
     }
 )
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two workers on a 2-core box: one math thread each (and in the processes they
+    # `make test` runs three workers on a 2-core box: one math thread each (and in the processes they
     # start) keeps them from fighting over the cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("WANDB_API_KEY", None)
@@ -284,7 +284,11 @@ LONGEST_FIRST = [
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, as written
+
+    def key(item) -> int:  # a file that shares another's stack comes right after it (SAME_WORKER_AS)
+        return rank.get(SAME_WORKER_AS.get(item.path.name, item.path.name), len(rank))
+
+    items.sort(key=key)  # stable: within a file, as written
 
 
 # Files whose tests use a session fixture of another file's, and so must run in its worker.
@@ -305,10 +309,26 @@ def pytest_xdist_make_scheduler(config, log):
     return FilesWithSharedServers(config, log)
 
 
-@pytest.fixture(scope="session")
-def secured_stack(tmp_path_factory, tiny_bert):
-    """One `nerflow serve` stack for test_security.py and test_ui.py (SAME_WORKER_AS): serve_stack.py."""
-    from serve_stack import secured_stack
+_SECURED: list = []  # the running secured stack: [(its context manager, the stack)]
+SECURED_FILES = {"test_security.py", *SAME_WORKER_AS}
 
-    with secured_stack(tmp_path_factory.mktemp("secured"), tiny_bert) as stack:
-        yield stack
+
+@pytest.fixture
+def secured_stack(tmp_path_factory, tiny_bert):
+    """One `nerflow serve` stack for test_security.py and test_ui.py (serve_stack.py): started by the
+    first test that asks for it and stopped after the last test of those files, which run in one
+    worker, one after the other (SAME_WORKER_AS). A session fixture would keep its server and worker
+    polling on an idle stack, about 4.5 CPU seconds a minute, for the rest of the worker's session."""
+    if not _SECURED:
+        from serve_stack import secured_stack as start
+
+        stack = start(tmp_path_factory.mktemp("secured"), tiny_bert)
+        _SECURED.append((stack, stack.__enter__()))
+    return _SECURED[0][1]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _SECURED and (nextitem is None or nextitem.path.name not in SECURED_FILES):
+        stack, _ = _SECURED.pop()
+        stack.__exit__(None, None, None)

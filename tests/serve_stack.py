@@ -67,13 +67,15 @@ def generated_auth(root: Path) -> str:
 
 def start_serve(root: Path, spec: dict, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """Write the spec, start `nerflow serve` and wait until it prints the UI address. The worker's
-    policy (the operator's) allows the test's temporary folders and the bundled sample."""
+    policy (the operator's) allows the test's temporary folders and the bundled sample. The worker asks
+    for runs every 2 seconds (Prefect's default: 10), so a started run is picked up within seconds; each
+    poll costs the server CPU time, about 1.5 seconds a minute at this rate."""
     prefect_file = root / "prefect.yaml"
     prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     seeded_home(root / "prefect-home")
     port = free_port()
     roots = os.pathsep.join([str(root.parent), str(SAMPLE_DIR)])
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1", "NERFLOW_ALLOWED_ROOTS": roots,
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "2", "NERFLOW_ALLOWED_ROOTS": roots,
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S), **(extra_env or {})}  # fmt: skip
     env.pop("PREFECT_API_URL", None)
     cmd = [

@@ -74,14 +74,19 @@ def test_broken_labels_are_refused_before_any_server_starts(tiny_settings, tmp_p
 
 def test_one_writer_per_run_folder_and_a_cold_cache_shared_safely(tiny_settings, tmp_path):
     """Three runs start together on one output folder and an empty cache: two with the same run name
-    (one must be refused, never two writers) and one with another name (it shares the cache)."""
+    (one must be refused, never two writers) and one with another name (it shares the cache). They
+    run as on one machine with a configured API: one Prefect server, one PREFECT_HOME (its result
+    folder holds the cache records), fresh, so no earlier test's records answer for them."""
+    from prefect.settings import get_current_settings
+
+    from prefect_db import seeded_test_harness
+
     same = write_config(tmp_path, tiny_settings(run_name="same", train={"epochs": 1}))
     other = write_config(tmp_path, tiny_settings(run_name="other", train={"epochs": 1}))
-    procs = [
-        nerflow_train(c, {"PREFECT_HOME": str(seeded_home(tmp_path / f"home-{i}"))}, background=True)
-        for i, c in enumerate((same, same, other))
-    ]
-    outcomes = [(p.wait(timeout=900), p.stdout.read(), p.stderr.read()) for p in procs]
+    with seeded_test_harness():
+        api = {"PREFECT_API_URL": get_current_settings().api.url, "PREFECT_HOME": str(seeded_home(tmp_path / "home"))}
+        procs = [nerflow_train(c, api, background=True) for c in (same, same, other)]
+        outcomes = [(p.wait(timeout=900), p.stdout.read(), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _, _ in outcomes[:2])
     assert codes == [0, 2], [o[2][-2000:] for o in outcomes]
     refused = next(err for code, _, err in outcomes[:2] if code == 2)

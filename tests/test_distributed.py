@@ -93,7 +93,7 @@ def test_the_flow_process_killed_alone_takes_torchrun_its_ranks_and_its_server_w
         update={
             "run_name": "oom-killed",
             "dataset": s.dataset.model_copy(
-                update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=1200))}
+                update={"source": str(write_synthetic_dataset(tmp_path / "big", n_train=720))}
             ),
         }
     )

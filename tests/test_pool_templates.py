@@ -7,7 +7,9 @@ attacked end to end through a real server and worker in test_security.py."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from prefect.client.schemas.objects import FlowRun
@@ -31,11 +33,17 @@ ATTACKS = {
 }
 
 
+# prefect-docker and prefect-kubernetes, installed beside the venv's packages, not among them (Makefile).
+POOL_WORKERS = Path(sys.prefix) / "pool-workers"
+
+
 def configuration_class(kind: str):
     if kind == "process":
         from prefect.workers.process import ProcessJobConfiguration
 
         return ProcessJobConfiguration
+    if POOL_WORKERS.is_dir() and str(POOL_WORKERS) not in sys.path:
+        sys.path.append(str(POOL_WORKERS))
     if kind == "docker":
         from prefect_docker.worker import DockerWorkerJobConfiguration
 

@@ -211,21 +211,18 @@ def test_run_settings_cannot_send_a_secret_block_to_a_server_of_their_choosing(s
 
 def test_batch_prediction_reads_and_writes_only_where_the_operator_allows(stack):
     model_dir = str(stack["root"] / "runs" / "some-run" / "model")
-    inside = str(stack["root"] / "predictions.jsonl")
-    message = refused(stack, BATCH, {"model_dir": model_dir, "input_path": "/etc/passwd", "output_path": inside})
+    # Every refusal of a run is listed in its one message: a place to read from and one to write to.
+    message = refused(
+        stack, BATCH, {"model_dir": model_dir, "input_path": "/etc/passwd", "output_path": "s3://anyone/out.jsonl"}
+    )
     assert "input_path='/etc/passwd' is outside the allowed folders" in message and "model_dir" not in message
-    assert not Path(inside).exists()
+    assert "output_path='s3://anyone/out.jsonl' is outside the allowed S3 places (none; NERFLOW_ALLOWED_S3)" in message
     escape = OUTSIDE / "passwd.jsonl"
     message = refused(
         stack, BATCH, {"model_dir": model_dir, "input_path": str(SAMPLE_DIR / "test.jsonl"), "output_path": str(escape)}
     )
-    assert f"output_path={str(escape)!r} is outside the allowed folders" in message and not OUTSIDE.exists()
-    message = refused(
-        stack,
-        BATCH,
-        {"model_dir": model_dir, "input_path": str(SAMPLE_DIR / "test.jsonl"), "output_path": "s3://anyone/out.jsonl"},
-    )
-    assert "output_path='s3://anyone/out.jsonl' is outside the allowed S3 places (none; NERFLOW_ALLOWED_S3)" in message
+    assert f"output_path={str(escape)!r} is outside the allowed folders" in message and "input_path" not in message
+    assert not OUTSIDE.exists()  # refused before anything is written
 
 
 # -------------------------------------------------------------- 4. code, places, hosts in settings
@@ -295,11 +292,14 @@ def test_a_local_runs_temporary_server_is_closed_to_other_local_users():
 
     from nerflow.flows.cli.serve import temporary_server_when_needed
 
+    # A block name of its own: the database behind this server is the test session's, which later
+    # `nerflow` processes of this worker read their Secret blocks from (a saved 'hf-token' would be theirs).
+    block = f"local-secret-{uuid.uuid4().hex[:8]}"
     with temporary_server_when_needed() as use_server, use_server():
-        Secret(value="hf_local_secret").save("hf-token", overwrite=True)
+        Secret(value="hf_local_secret").save(block)
         other = another_user(READ_SECRETS, get_current_settings().api.url)
         assert other.stdout.strip() == "401", other.stderr
-        assert Secret.load("hf-token").get() == "hf_local_secret"  # this run's own client holds the credentials
+        assert Secret.load(block).get() == "hf_local_secret"  # this run's own client holds the credentials
     # The database behind it (this session's PREFECT_HOME) is its owner's alone.
     assert stat.S_IMODE((Path(os.environ["PREFECT_HOME"]) / "prefect.db").stat().st_mode) == 0o600
 
