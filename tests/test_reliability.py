@@ -219,3 +219,28 @@ def test_a_late_second_crash_report_does_not_start_a_second_process():
             if s.type.value == "SCHEDULED" and (s.message or "").startswith("nerflow: restarted")
         ]
         assert len(restarts) == 1
+
+
+def test_runs_that_start_together_on_a_fresh_server_share_its_result_storage(monkeypatch):
+    """Two runs start at once on a server with no result storage block yet: both look it up, find
+    nothing, and save it. The one that saves second goes on with the first one's block instead of
+    failing (three `nerflow train` processes on one fresh server hit this)."""
+    from nerflow.tasks.runtime.caching import RESULT_STORAGE, JsonResultStorage, ensure_result_storage
+    from prefect_db import seeded_test_harness
+
+    name = RESULT_STORAGE.split("/", 1)[1]
+    load = JsonResultStorage.load
+    looked_up = []
+
+    def load_before_the_other_run_saved(*args, **kwargs):
+        looked_up.append(args[0])
+        if len(looked_up) == 1:  # the lookup ran before the other run's save landed
+            raise ValueError(f"Unable to find block document named {name}")
+        return load(*args, **kwargs)
+
+    with seeded_test_harness():
+        ensure_result_storage()  # the other run
+        monkeypatch.setattr(JsonResultStorage, "load", load_before_the_other_run_saved)
+        ensure_result_storage()  # this run: finds none, saves, finds the name taken
+        assert looked_up == [name, name]
+        assert isinstance(load(name, _sync=True), JsonResultStorage)

@@ -145,15 +145,17 @@ JSON_RESULTS = {"persist_result": True, "result_serializer": "json", "result_sto
 
 def ensure_result_storage() -> None:
     """Save the result storage block the cached steps name, if this Prefect server does not have it yet
-    (a fresh server, the temporary one of a local run); an operator's own settings in it are kept."""
-    from prefect.exceptions import ObjectAlreadyExists
-
+    (a fresh server, the temporary one of a local run); an operator's own settings in it are kept. Runs
+    that start together on a fresh server may all find none: the first to save it wins, and the others
+    use its document (Block.save answers a taken name with ValueError, not ObjectAlreadyExists)."""
     name = RESULT_STORAGE.split("/", 1)[1]
     try:
         JsonResultStorage.load(name, _sync=True)
     except ValueError:  # no such block document yet
-        with contextlib.suppress(ObjectAlreadyExists):
+        try:
             JsonResultStorage().save(name, _sync=True)
+        except ValueError:  # saved by another run since: load raises if it was anything else
+            JsonResultStorage.load(name, _sync=True)
 
 
 class CachedStep:
