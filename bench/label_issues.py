@@ -129,7 +129,7 @@ def run(args, work: Path) -> tuple[list[dict], dict]:
         for kind, sentences in _broken_by_kind(folder, clean, broken).items()
     }
     finder, baseline = rows
-    tags = [json.loads(x)["ner_tags"] for x in (folder / "train.jsonl").read_text().splitlines()]
+    tags = _train_tags(folder)
     uninjected = [r for r in issues[: len(broken)] if r["sentence"] not in broken][:25]
     summary = {
         "train_sentences": args.train_size,
@@ -159,10 +159,13 @@ def _tagged(tokens: list[str], tags: list[int]) -> str:
     return " ".join(word if t == 0 else f"{word}/{LABELS[t]}" for word, t in zip(tokens, tags))
 
 
+def _train_tags(folder: Path) -> list[list[int]]:
+    return [json.loads(x)["ner_tags"] for x in (folder / "train.jsonl").read_text().splitlines()]
+
+
 def _broken_by_kind(noisy: Path, clean: Path, broken: set[int]) -> dict[str, set[int]]:
     """Which broken sentences got which kind of error (read back from the two files)."""
-    a = [json.loads(x)["ner_tags"] for x in (clean / "train.jsonl").read_text().splitlines()]
-    b = [json.loads(x)["ner_tags"] for x in (noisy / "train.jsonl").read_text().splitlines()]
+    a, b = _train_tags(clean), _train_tags(noisy)
     kinds: dict[str, set[int]] = {"type": set(), "boundary": set(), "drop": set()}
     for i in broken:
         before, after = spans_of([LABELS[t] for t in a[i]]), spans_of([LABELS[t] for t in b[i]])

@@ -318,7 +318,7 @@ def secured_stack(tmp_path_factory, tiny_bert):
     """One `nerflow serve` stack for test_security.py and test_ui.py (serve_stack.py): started by the
     first test that asks for it and stopped after the last test of those files, which run in one
     worker, one after the other (SAME_WORKER_AS). A session fixture would keep its server and worker
-    polling on an idle stack, about 4.5 CPU seconds a minute, for the rest of the worker's session."""
+    polling on an idle stack, about 3.5 CPU seconds a minute, for the rest of the worker's session."""
     if not _SECURED:
         from serve_stack import secured_stack as start
 

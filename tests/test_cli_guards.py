@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from prefect_db import seeded_home
+from prefect_db import seeded_home, seeded_test_harness
 
 pytestmark = pytest.mark.slow  # nerflow train processes, each with a Prefect server
 
@@ -78,8 +78,6 @@ def test_one_writer_per_run_folder_and_a_cold_cache_shared_safely(tiny_settings,
     run as on one machine with a configured API: one Prefect server, one PREFECT_HOME (its result
     folder holds the cache records), fresh, so no earlier test's records answer for them."""
     from prefect.settings import get_current_settings
-
-    from prefect_db import seeded_test_harness
 
     same = write_config(tmp_path, tiny_settings(run_name="same", train={"epochs": 1}))
     other = write_config(tmp_path, tiny_settings(run_name="other", train={"epochs": 1}))
